@@ -1,0 +1,153 @@
+"""The ``mlbench`` command: train, synth, table and perflogs (see CONTRACTS.md).
+
+Each benchmark is found by name as ``benchmarks.<name>.train.SPEC`` (a
+:class:`~benchmarks.core.runner.BenchmarkSpec`), so adding a benchmark needs no change here
+beyond its name in :data:`BENCHMARKS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.core.config import load_config
+from benchmarks.core.errors import BenchmarkError, ConfigError
+from benchmarks.core.runner import BenchmarkSpec, add_train_arguments, run_with_args
+
+BENCHMARKS = ("resnet50", "bert_large", "gptj", "cosmoflow", "deepcam", "alphafold2")
+
+OPTIMIZER_STATE_BYTES = {"sgd": 4, "lars": 4, "adam": 8, "adamw": 8, "lamb": 8}
+WEIGHT_AND_GRADIENT_BYTES = 4 + 4
+
+
+def load_spec(name: str) -> BenchmarkSpec:
+    """The benchmark's SPEC; an unknown or not yet implemented name is a ConfigError."""
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r} (choose from {', '.join(BENCHMARKS)})")
+    try:
+        module = importlib.import_module(f"benchmarks.{name}.train")
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith(f"benchmarks.{name}"):
+            raise ConfigError(f"benchmark {name!r} is not implemented in this version") from None
+        raise
+    return module.SPEC
+
+
+def available_specs() -> list[BenchmarkSpec]:
+    """Specs of the benchmarks that are implemented, in the contract's order."""
+    specs = []
+    for name in BENCHMARKS:
+        try:
+            specs.append(load_spec(name))
+        except ConfigError:
+            continue
+    return specs
+
+
+def _train(args: argparse.Namespace) -> int:
+    return run_with_args(load_spec(args.benchmark), args)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    spec = load_spec(args.benchmark)
+    outdir = Path(args.outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        probe = outdir / ".mlbench-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{outdir}: output folder not writable ({err.strerror})") from None
+    samples = args.samples if args.samples else spec.default_samples
+    if samples <= 0:
+        raise ConfigError(f"--samples: must be positive, got {samples}")
+    spec.synthesize(outdir, samples, args.seed)
+    print(f"wrote {spec.name} dataset ({samples} training samples) to {outdir}")
+    return 0
+
+
+def table_rows(specs: list[BenchmarkSpec]) -> list[dict[str, object]]:
+    """One row per benchmark: parameters counted on the meta device, training memory =
+    parameters x (fp32 weights + fp32 gradients + optimizer state) for the configured
+    optimizer (activations not included)."""
+    rows = []
+    for spec in specs:
+        config = load_config(spec.config_path(None), spec.schema)
+        with torch.device("meta"):
+            model = spec.build_model(config)
+        parameters = sum(p.numel() for p in model.parameters())
+        per_parameter = WEIGHT_AND_GRADIENT_BYTES + OPTIMIZER_STATE_BYTES[config.opt.name]
+        rows.append({
+            "benchmark": spec.name,
+            "task": spec.task,
+            "model": spec.model_name,
+            "dataset": spec.dataset,
+            "parameters": parameters,
+            "optimizer": config.opt.name,
+            "training_memory_gib": round(parameters * per_parameter / 2**30, 2),
+        })
+    return rows
+
+
+def _table(args: argparse.Namespace) -> int:
+    rows = table_rows(available_specs())
+    columns = list(rows[0]) if rows else []
+    if args.format == "csv":
+        print(",".join(columns))
+        for row in rows:
+            print(",".join(f'"{row[c]}"' if "," in str(row[c]) else str(row[c])
+                           for c in columns))
+        return 0
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        cells = [f"{row[c]:,}" if c == "parameters" else str(row[c]) for c in columns]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlbench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a benchmark until its quality target")
+    train.add_argument("benchmark", metavar="NAME", help=", ".join(BENCHMARKS))
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
+
+    synth = commands.add_parser("synth", help="write a small dataset in the real on-disk format")
+    synth.add_argument("benchmark", metavar="NAME", help=", ".join(BENCHMARKS))
+    synth.add_argument("outdir", metavar="OUTDIR")
+    synth.add_argument("--samples", type=int, default=0,
+                       help="training samples (default: the benchmark's smoke size)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_synth)
+
+    table = commands.add_parser("table", help="the benchmark table (parameters, memory)")
+    table.add_argument("--format", choices=("md", "csv"), default="md")
+    table.set_defaults(func=_table)
+
+    try:
+        from perflogs_parsers.cli import register
+    except ImportError:
+        register = None
+    if register is not None:
+        register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchmarkError as err:
+        print(f"mlbench: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

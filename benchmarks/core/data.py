@@ -1,0 +1,126 @@
+"""Data utilities shared by the benchmarks: input checks, sharding, loaders, device transfer.
+
+- :func:`require_dir` / :func:`list_files`: find inputs or raise an ``InputError`` naming
+  the folder, before any training starts.
+- :func:`subset_and_shard`: the one rule for file lists: sort, take the configured subset,
+  then give each rank its own slice, so ranks never read the same sample.
+- :func:`build_loader`: a DataLoader with a ``DistributedSampler`` for map-style datasets,
+  seeded workers, and pinned, persistent workers on GPU.
+- :func:`worker_shard`: the (rank, worker) slot of an iterable dataset inside a worker.
+- :func:`to_device`: move a batch (tensor, dict, list or tuple of them) to the device.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+
+from benchmarks.core.distributed import DistEnv
+from benchmarks.core.errors import InputError
+
+
+def require_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a Path if it is a folder, else an InputError naming it and ``what`` it is."""
+    if not str(path):
+        raise InputError(f"{what}: no folder given (set data.data_dir or --data-dir)")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: {what} folder not found")
+    return folder
+
+
+def list_files(folder: Path, patterns: Sequence[str], what: str) -> list[Path]:
+    """Sorted files in ``folder`` matching any glob in ``patterns``; an empty list is an error."""
+    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    if not files:
+        raise InputError(f"{folder}: no {what} files ({', '.join(patterns)})")
+    return files
+
+
+def subset_and_shard(items: Sequence[Any], subset: int, rank: int, world_size: int) -> list[Any]:
+    """First ``subset`` items (all when 0) of a sorted list, then every ``world_size``-th item."""
+    chosen = list(items[:subset] if subset else items)
+    return chosen[rank::world_size]
+
+
+def worker_shard(rank: int, world_size: int) -> tuple[int, int]:
+    """(index, count) of this DataLoader worker among all workers of all ranks."""
+    info = torch.utils.data.get_worker_info()
+    workers = info.num_workers if info else 1
+    worker = info.id if info else 0
+    return rank * workers + worker, world_size * workers
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch; ranks get different streams from the same seed."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv,
+                 device: torch.device, num_workers: int, prefetch_factor: int = 2,
+                 shuffle: bool = True, drop_last: bool = True, seed: int = 0,
+                 collate_fn: Any = None) -> DataLoader:
+    """A DataLoader for one rank.
+
+    Map-style datasets get a ``DistributedSampler`` over all ranks (evaluation keeps every
+    sample: no shuffle, no drop). Iterable datasets shard themselves (see
+    :func:`worker_shard`). Workers are seeded from ``seed`` and persistent on GPU.
+    """
+    sampler = None
+    if not isinstance(dataset, IterableDataset):
+        sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
+                                     shuffle=train and shuffle, seed=seed,
+                                     drop_last=train and drop_last)
+    generator = torch.Generator()
+    generator.manual_seed(seed + env.rank)
+    on_gpu = device.type == "cuda"
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=on_gpu,
+        drop_last=train and drop_last,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=on_gpu and num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors (also inside dicts, lists and tuples) to ``device``, asynchronously."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device, channels_last) for value in batch)
+    return batch
+
+
+def batch_size_of(inputs: Any) -> int:
+    """Number of samples in a batch of inputs (a tensor or a dict/list of tensors)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.shape[0]
+    if isinstance(inputs, dict):
+        return batch_size_of(next(iter(inputs.values())))
+    return batch_size_of(inputs[0])

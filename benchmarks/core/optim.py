@@ -1,0 +1,213 @@
+"""Optimizers and learning-rate schedules from the ``opt`` and ``lr_schedule`` config sections.
+
+SGD, Adam and AdamW are torch's; LARS and LAMB (which torch lacks) are written here after
+their papers (You et al. 2017, 2019) and the MLPerf references. With
+``opt.exclude_bias_and_norm`` biases and normalisation weights get no weight decay and, for
+LARS/LAMB, no layer-wise adaptation, as the references do.
+
+Every schedule is a factor of the (batch-scaled) base LR as a function of the optimizer step,
+applied through ``torch.optim.lr_scheduler.LambdaLR`` and stepped once per optimizer step:
+linear warmup from ``warmup_start_factor``, then ``constant``, ``poly`` (to ``end_lr`` with
+``power``), ``cosine`` (to ``end_lr``), ``multistep`` (``decay_factors`` or ``gamma``) or
+``step`` (``gamma`` every ``step_size``). Lengths are in epochs or steps (``unit``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from benchmarks.core.config import LRScheduleConfig, OptConfig
+from benchmarks.core.errors import ConfigError
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+              nn.modules.normalization.RMSNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
+    """Two groups: decayed weights, and biases + norm weights (no decay, no adaptation)."""
+    if not exclude_bias_and_norm:
+        return [{"params": [p for p in model.parameters() if p.requires_grad],
+                 "weight_decay": weight_decay}]
+    no_decay_ids = set()
+    for module in model.modules():
+        is_norm = isinstance(module, NORM_TYPES) or "norm" in type(module).__name__.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if is_norm or name == "bias" or name.endswith("_bias"):
+                no_decay_ids.add(id(param))
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if id(param) in no_decay_ids else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "exclude_from_adaptation": True}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptConfig, lr: float) -> Optimizer:
+    """The optimizer named in ``cfg`` over ``model``'s parameters, starting at ``lr``."""
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    betas = (cfg.betas[0], cfg.betas[1])
+    if cfg.name == "sgd":
+        for group in groups:
+            group.pop("exclude_from_adaptation", None)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adam":
+        return _torch_adam(torch.optim.Adam, groups, lr, betas, cfg.eps)
+    if cfg.name == "adamw":
+        return _torch_adam(torch.optim.AdamW, groups, lr, betas, cfg.eps)
+    if cfg.name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eps=cfg.eps,
+                    trust_coefficient=cfg.trust_coefficient)
+    if cfg.name == "lamb":
+        return LAMB(groups, lr=lr, betas=betas, eps=cfg.eps)
+    raise ConfigError(f"config key 'opt.name': unknown optimizer {cfg.name!r}")
+
+
+def _torch_adam(cls: type[Optimizer], groups: list[dict], lr: float, betas: tuple[float, float],
+                eps: float) -> Optimizer:
+    for group in groups:
+        group.pop("exclude_from_adaptation", None)
+    return cls(groups, lr=lr, betas=betas, eps=eps)
+
+
+class LARS(Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (MLPerf ResNet flavour).
+
+    The local LR of a tensor is ``trust_coefficient * |w| / (|g| + wd * |w| + eps)``; weight
+    decay is added to the gradient before momentum. Groups flagged
+    ``exclude_from_adaptation`` use plain SGD with momentum.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, eps: float = 0.0,
+                 trust_coefficient: float = 0.001, weight_decay: float = 0.0) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "eps": eps,
+                    "trust_coefficient": trust_coefficient, "weight_decay": weight_decay,
+                    "exclude_from_adaptation": False}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> torch.Tensor | None:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                weight_decay = group["weight_decay"]
+                if not group["exclude_from_adaptation"]:
+                    w_norm, g_norm = param.norm(), grad.norm()
+                    trust = group["trust_coefficient"] * w_norm / (
+                        g_norm + weight_decay * w_norm + group["eps"])
+                    ratio = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+                    grad = (grad + weight_decay * param) * ratio
+                elif weight_decay:
+                    grad = grad + weight_decay * param
+                buf = self.state[param].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[param]["momentum_buffer"] = grad.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(grad)
+                param.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+class LAMB(Optimizer):
+    """Adam moments with a layer-wise trust ratio ``|w| / |update|`` (You et al. 2019).
+
+    Decoupled weight decay is part of the update before the trust ratio, as in the BERT
+    reference; groups flagged ``exclude_from_adaptation`` use a trust ratio of 1.
+    """
+
+    def __init__(self, params: Iterable, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "exclude_from_adaptation": False}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> torch.Tensor | None:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(param.grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                m_hat = exp_avg / (1 - beta1 ** state["step"])
+                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if group["weight_decay"]:
+                    update.add_(param, alpha=group["weight_decay"])
+                if group["exclude_from_adaptation"]:
+                    trust = 1.0
+                else:
+                    w_norm, u_norm = param.norm(), update.norm()
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm,
+                                        torch.ones_like(w_norm))
+                param.add_(update * trust, alpha=-group["lr"])
+        return loss
+
+
+def scaled_base_lr(lr: float, cfg: LRScheduleConfig, global_batch_size: int) -> float:
+    """``lr`` scaled by global batch / ``base_batch_size`` (linear or sqrt), or unchanged."""
+    if cfg.scaling == "none":
+        return lr
+    ratio = global_batch_size / cfg.base_batch_size
+    return lr * (ratio if cfg.scaling == "linear" else math.sqrt(ratio))
+
+
+def lr_factor_fn(cfg: LRScheduleConfig, base_lr: float, steps_per_epoch: int,
+                 total_steps: int) -> Callable[[int], float]:
+    """The LR factor (multiplier of ``base_lr``) after ``step`` optimizer steps."""
+
+    def to_steps(length: float) -> float:
+        return length * steps_per_epoch if cfg.unit == "epochs" else length
+
+    warmup = to_steps(cfg.warmup)
+    decay_length = to_steps(cfg.decay_length) if cfg.decay_length else total_steps - warmup
+    decay_length = max(decay_length, 1.0)
+    end_factor = cfg.end_lr / base_lr if base_lr > 0 else 0.0
+    milestones = [to_steps(m) for m in cfg.milestones]
+    step_size = max(to_steps(cfg.step_size), 1.0)
+
+    def after_warmup(step: int) -> float:
+        progress = min(max(step - warmup, 0.0) / decay_length, 1.0)
+        if cfg.name == "poly":
+            return (1.0 - end_factor) * (1.0 - progress) ** cfg.power + end_factor
+        if cfg.name == "cosine":
+            return end_factor + (1.0 - end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if cfg.name == "multistep":
+            passed = sum(step >= m for m in milestones)
+            if passed == 0:
+                return 1.0
+            return cfg.decay_factors[passed - 1] if cfg.decay_factors else cfg.gamma ** passed
+        if cfg.name == "step":
+            return cfg.gamma ** math.floor(step / step_size)
+        return 1.0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            start = cfg.warmup_start_factor
+            return start + (1.0 - start) * step / warmup
+        return after_warmup(step)
+
+    return factor
+
+
+def build_scheduler(optimizer: Optimizer, cfg: LRScheduleConfig, base_lr: float,
+                    steps_per_epoch: int, total_steps: int) -> LambdaLR:
+    """A per-step LambdaLR for ``cfg``; ``optimizer`` must have been built with ``base_lr``."""
+    return LambdaLR(optimizer, lr_factor_fn(cfg, base_lr, steps_per_epoch, total_steps))

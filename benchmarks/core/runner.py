@@ -1,0 +1,241 @@
+"""From command line to exit code: what every benchmark's ``train.py`` runs.
+
+``run(SPEC)`` parses the command line of CONTRACTS.md, loads and validates the config
+(exit 2 on a bad key, before any process group starts), starts the process group, seeds,
+asks the benchmark for its :class:`~benchmarks.core.loop.Task`, builds optimizer and LR
+schedule from the config, logs the MLPerf init keys, runs the loop and logs ``run_stop``.
+
+Exit codes: 0 target reached (or no target), 3 all epochs run without reaching it,
+2 bad configuration or input, 1 anything else (a crash, a non-finite loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.core import distributed, mllog
+from benchmarks.core.config import Config, ConfigSchema, GlobalContext
+from benchmarks.core.data import seed_everything
+from benchmarks.core.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_TARGET_MISSED,
+    BenchmarkError,
+    ConfigError,
+    one_line,
+)
+from benchmarks.core.loop import Task, steps_per_epoch, train
+from benchmarks.core.optim import build_optimizer, build_scheduler, scaled_base_lr
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Everything the CLI, the runner and ``mlbench table`` need to know about a benchmark.
+
+    ``build_model(config)`` must work on the meta device (``mlbench table`` counts
+    parameters without allocating them); ``build_task(context)`` builds data, model, loss and
+    metric for a run; ``synthesize(outdir, samples, seed)`` writes a dataset in the real
+    format. ``mllog_name`` is the MLPerf ``submission_benchmark`` value.
+    """
+
+    name: str
+    mllog_name: str
+    task: str
+    model_name: str
+    dataset: str
+    folder: Path
+    schema: ConfigSchema
+    build_model: Callable[[Config], nn.Module]
+    build_task: Callable[[GlobalContext], Task]
+    synthesize: Callable[[Path, int, int], None]
+    default_samples: int = 64
+
+    def config_path(self, choice: str | None) -> Path:
+        """``None`` → config.yaml, a bare name such as ``smoke`` → NAME.yaml here, else a path."""
+        if not choice:
+            return self.folder / "config.yaml"
+        candidate = self.folder / f"{choice}.yaml"
+        if "/" not in choice and not choice.endswith((".yaml", ".yml")) and candidate.exists():
+            return candidate
+        return Path(choice)
+
+
+def train_argument_parser(prog: str) -> argparse.ArgumentParser:
+    """Options of ``mlbench train NAME`` and ``python benchmarks/NAME/train.py``."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train until the quality target.")
+    add_train_arguments(parser)
+    return parser
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file, or 'smoke' for smoke.yaml "
+                                         "(default: the benchmark's config.yaml)")
+    parser.add_argument("--data-dir", help="dataset folder (overrides data.data_dir)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. training.n_epochs=2")
+
+
+def run(spec: BenchmarkSpec, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the benchmark; returns the contract exit code."""
+    args = train_argument_parser(f"mlbench train {spec.name}").parse_args(argv)
+    return run_with_args(spec, args)
+
+
+def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
+    context = GlobalContext()
+    context.reset()
+    log = mllog.MLLogger(enabled=False)
+    try:
+        overrides = list(args.overrides)
+        if args.data_dir:
+            overrides.append(f"data.data_dir={args.data_dir}")
+        config = context.load(spec.config_path(args.config), spec.schema, overrides)
+        device = resolve_device(args.device)
+        env = distributed.detect_env()
+        resolve_batch_sizes(config, env.world_size)
+        _limit_threads()
+        env = distributed.init_process_group(config.distributed.backend, device,
+                                             config.distributed.timeout_s)
+        if device.type == "cuda":
+            device = torch.device("cuda", env.local_rank)
+            torch.cuda.set_device(device)
+        context.dist, context.device = env, device
+        log = mllog.MLLogger(enabled=env.is_main, log_file=config.training.log_file)
+        return _run(spec, context, config, env, device, log)
+    except BenchmarkError as err:
+        reason = one_line(err)
+        print(f"mlbench {spec.name}: error: {reason}", file=sys.stderr, flush=True)
+        log.end(mllog.constants.RUN_STOP, metadata={"status": "aborted", "reason": reason})
+        return err.exit_code
+    except Exception as err:
+        traceback.print_exc()
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        print(f"mlbench {spec.name}: error: {reason}", file=sys.stderr, flush=True)
+        log.end(mllog.constants.RUN_STOP, metadata={"status": "aborted", "reason": reason})
+        return EXIT_FAILURE
+    finally:
+        log.close()
+        distributed.shutdown()
+
+
+def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distributed.DistEnv,
+         device: torch.device, log: mllog.MLLogger) -> int:
+    constants = mllog.constants
+    log.event(constants.CACHE_CLEAR, True)
+    log.start(constants.INIT_START)
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
+    log.submission(spec.mllog_name, platform=socket.gethostname(), num_nodes=nodes,
+                   accelerators_per_node=env.local_world_size if device.type == "cuda" else 0)
+    seed_everything(config.training.seed, env.rank)
+    log.event(constants.SEED, config.training.seed)
+    task = spec.build_task(context)
+    model = task.model.to(device)
+    if config.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    wrapped = wrap_model(model, task, config, env, device)
+    if config.training.compile:
+        wrapped = torch.compile(wrapped)
+
+    steps = steps_per_epoch(task.train_loader, config)
+    base_lr = scaled_base_lr(config.opt.lr, config.lr_schedule, config.data.global_batch_size)
+    optimizer = build_optimizer(model, config.opt, base_lr)
+    scheduler = build_scheduler(optimizer, config.lr_schedule, base_lr, steps,
+                                steps * config.training.n_epochs)
+    _log_hyperparameters(log, config, task, base_lr, steps, num_parameters)
+    log.end(constants.INIT_STOP)
+
+    distributed.barrier()
+    log.start(constants.RUN_START)
+    result = train(task, wrapped, optimizer, scheduler, config, env, device, log)
+    distributed.barrier()
+    succeeded = result.reached_target or config.training.target is None
+    log.end(constants.RUN_STOP, metadata={"status": "success" if succeeded else "aborted",
+                                          "epoch_num": result.epochs_run})
+    if not succeeded and env.is_main:
+        print(f"mlbench {spec.name}: target {config.training.target} not reached in "
+              f"{config.training.n_epochs} epochs (last {task.metric.name} "
+              f"{result.last_metric})", file=sys.stderr, flush=True)
+    return EXIT_OK if succeeded else EXIT_TARGET_MISSED
+
+
+def wrap_model(model: nn.Module, task: Task, config: Config, env: distributed.DistEnv,
+               device: torch.device) -> nn.Module:
+    """DDP (or FSDP2 full sharding) across ranks; the bare model in a single process."""
+    if not env.is_distributed:
+        return model
+    if config.distributed.strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for unit in task.fsdp_units(model) if task.fsdp_units else []:
+            fully_shard(unit)
+        return fully_shard(model)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=config.distributed.find_unused_parameters)
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` is CUDA when a GPU is visible, else the CPU."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to this process")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def resolve_batch_sizes(config: Config, world_size: int) -> None:
+    """Fill ``data.local_batch_size`` from the global batch, or the global from the local."""
+    data = config.data
+    if data.local_batch_size:
+        data.global_batch_size = data.local_batch_size * world_size * data.gradient_accumulation
+    else:
+        per_step = world_size * data.gradient_accumulation
+        if data.global_batch_size % per_step:
+            raise ConfigError(
+                f"config key 'data.global_batch_size': {data.global_batch_size} is not "
+                f"divisible by world size x gradient_accumulation = {world_size} x "
+                f"{data.gradient_accumulation}")
+        data.local_batch_size = data.global_batch_size // per_step
+    if not data.eval_batch_size:
+        data.eval_batch_size = data.local_batch_size
+
+
+def _limit_threads() -> None:
+    """Under srun, use the CPUs Slurm gave this task instead of every core on the node."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(int(cpus))
+
+
+def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task, base_lr: float,
+                         steps: int, num_parameters: int) -> None:
+    constants = mllog.constants
+    log.event(constants.GLOBAL_BATCH_SIZE, config.data.global_batch_size)
+    log.event(constants.GRADIENT_ACCUMULATION_STEPS, config.data.gradient_accumulation)
+    log.event(constants.TRAIN_SAMPLES, task.train_samples)
+    log.event(constants.EVAL_SAMPLES, task.eval_samples)
+    log.event(constants.OPT_NAME, config.opt.name)
+    log.event(constants.OPT_BASE_LR, base_lr)
+    log.event(constants.OPT_WEIGHT_DECAY, config.opt.weight_decay)
+    log.event(constants.OPT_LR_WARMUP_EPOCHS if config.lr_schedule.unit == "epochs"
+              else constants.OPT_LR_WARMUP_STEPS, config.lr_schedule.warmup)
+    if config.opt.clip_grad_norm:
+        log.event(constants.OPT_GRADIENT_CLIP_NORM, config.opt.clip_grad_norm)
+    for key, value in task.hyperparameters.items():
+        log.event(key, value)
+    log.event(mllog.NUM_PARAMETERS, num_parameters)
+    log.event(mllog.TARGET, config.training.target, metadata={
+        "lower_is_better": not task.metric.higher_is_better, "metric": task.metric.name,
+        "steps_per_epoch": steps})

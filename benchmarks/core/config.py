@@ -26,6 +26,7 @@ environment once the runner has filled them in.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -160,6 +161,9 @@ class Config:
         }
 
 
+# YAML 1.1 (PyYAML) reads "1e-3" as a string: it wants "1.0e-3". Accept the common spelling.
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
 SECTIONS = ("data", "model", "opt", "lr_schedule", "training", "distributed")
 
 
@@ -283,6 +287,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a mapping, got {_type_name(value)}")
         return _build_dataclass(hint, value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
         return float(value)
     if hint is Any:
         return value

@@ -111,6 +111,10 @@ def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
             device = torch.device("cuda", env.local_rank)
             torch.cuda.set_device(device)
         context.dist, context.device = env, device
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        print(f"[mlbench] rank {env.rank}/{env.world_size} local_rank {env.local_rank} "
+              f"node {node} device {device} launcher {env.launcher} "
+              f"backend {env.backend or 'none'}", file=sys.stderr, flush=True)
         log = mllog.MLLogger(enabled=env.is_main, log_file=config.training.log_file)
         return _run(spec, context, config, env, device, log)
     except BenchmarkError as err:

@@ -1,0 +1,59 @@
+"""Shared fixtures: synthetic datasets written once per session, and a runner for `mlbench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Completed:
+    """A finished `mlbench` process with its MLLOG records parsed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def mllog(self) -> list[dict]:
+        return [json.loads(line.split(":::MLLOG", 1)[1]) for line in self.stdout.splitlines()
+                if line.startswith(":::MLLOG")]
+
+    def events(self, key: str) -> list[dict]:
+        return [record for record in self.mllog if record["key"] == key]
+
+
+def quiet_env(threads: int = 1) -> dict[str, str]:
+    """The test process's environment with torch limited to ``threads`` threads."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_mlbench(*args: str, timeout: float = 600, launcher: tuple[str, ...] = ()) -> Completed:
+    """Run ``mlbench ARGS`` (or ``LAUNCHER ... -m benchmarks.cli ARGS``) in a subprocess."""
+    if launcher:
+        command = [*launcher, "-m", "benchmarks.cli", *args]
+    else:
+        command = [sys.executable, "-m", "benchmarks.cli", *args]
+    done = subprocess.run(command, cwd=REPO, env=quiet_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return Completed(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="session")
+def resnet_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic ImageFolder the ResNet50 smoke config trains on."""
+    outdir = tmp_path_factory.mktemp("resnet50-data")
+    done = run_mlbench("synth", "resnet50", str(outdir), "--samples", "400")
+    assert done.returncode == 0, done.stderr
+    return outdir

@@ -1,0 +1,136 @@
+"""ResNet50 v1.5: model size, ImageFolder reading, and the smoke run end to end."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.core.errors import InputError
+from benchmarks.resnet50.data import ImageFolderRGB, load_rgb
+from benchmarks.resnet50.model import ResNetModelConfig, build_resnet
+from tests.conftest import REPO, run_mlbench
+
+RESNET50_V15_PARAMETERS = 25_557_032
+
+
+def test_parameter_count_is_torchvision_resnet50():
+    with torch.device("meta"):
+        model = build_resnet(ResNetModelConfig(), 1000)
+    assert sum(p.numel() for p in model.parameters()) == RESNET50_V15_PARAMETERS
+
+
+def test_odd_images_decode_to_rgb(tmp_path):
+    image = Image.new("RGB", (8, 8), (200, 10, 10))
+    gray, cmyk, png = tmp_path / "gray.JPEG", tmp_path / "cmyk.JPEG", tmp_path / "png.JPEG"
+    image.convert("L").save(gray, format="JPEG")
+    image.convert("CMYK").save(cmyk, format="JPEG")
+    image.save(png, format="PNG")
+    for path in (gray, cmyk, png):
+        assert load_rgb(path).mode == "RGB"
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    bad = tmp_path / "broken.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(InputError, match="broken.JPEG"):
+        load_rgb(bad)
+
+
+def test_subset_is_spread_over_classes(resnet_data):
+    dataset = ImageFolderRGB(resnet_data / "train", sorted(os.listdir(resnet_data / "train")),
+                             transform=lambda image: image, subset=50)
+    assert len(dataset) == 50
+    assert len({label for _, label in dataset.samples}) == 10
+
+
+@pytest.mark.slow
+def test_smoke_run_reaches_target(resnet_data, tmp_path):
+    log_file = tmp_path / "mllog.txt"
+    done = run_mlbench("train", "resnet50", "--config", "smoke", "--data-dir", str(resnet_data),
+                       "--set", f"training.log_file={log_file}")
+    assert done.returncode == 0, done.stderr
+    run_start, run_stop = done.events("run_start"), done.events("run_stop")
+    assert len(run_start) == 1 and run_stop[0]["metadata"]["status"] == "success"
+    accuracies = [e["value"] for e in done.events("eval_accuracy")]
+    assert accuracies and accuracies[-1] >= 0.9
+    time_to_target = (run_stop[0]["time_ms"] - run_start[0]["time_ms"]) / 1000
+    assert time_to_target > 0
+    assert all(e["value"] > 0 for e in done.events("mlbench_throughput"))
+    assert done.events("mlbench_num_parameters")[0]["value"] > 0
+    assert log_file.read_text().count(":::MLLOG") == len(done.mllog)
+    check_compliance(log_file, tmp_path)
+
+
+def check_compliance(log_file: Path, tmp_path: Path) -> None:
+    """The official checker, closed division: only failures the smoke scale causes on purpose."""
+    closed = tmp_path / "closed.txt"
+    closed.write_text(log_file.read_text().replace('"value": "open"', '"value": "closed"'))
+    checked = subprocess.run(
+        [sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+         "--ruleset", "4.0.0", str(closed)], capture_output=True, text=True, cwd=tmp_path)
+    report = checked.stdout + checked.stderr
+    problems = [line for line in report.splitlines()
+                if "Required" in line or "FAILED" in line or "malformed" in line.lower()]
+    on_purpose = ("eval_accuracy", "global_batch_size", "train_samples", "eval_samples")
+    assert all(any(key in line for key in on_purpose) or line.endswith("FAILED")
+               for line in problems), report
+    assert not [line for line in report.splitlines() if "found 0" in line], report
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(resnet_data):
+    done = run_mlbench("train", "resnet50", "--config", "smoke", "--data-dir", str(resnet_data),
+                       launcher=("torchrun", "--standalone", "--nproc_per_node=2"))
+    assert done.returncode == 0, done.stderr
+    assert len(done.events("run_start")) == 1, "only rank 0 logs"
+    assert done.events("run_stop")[0]["metadata"]["status"] == "success"
+    assert "rank 1/2" in done.stderr and "backend gloo" in done.stderr
+
+
+@pytest.mark.slow
+def test_unreachable_target_exits_3_aborted(resnet_data):
+    done = run_mlbench("train", "resnet50", "--config", "smoke", "--data-dir", str(resnet_data),
+                       "--set", "training.target=1.01", "--set", "training.n_epochs=1")
+    assert done.returncode == 3, done.stderr
+    assert done.events("run_stop")[0]["metadata"]["status"] == "aborted"
+    assert "not reached" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "model.widht=3"], "model.widht"),
+    (["--set", "training.n_epochs=two"], "training.n_epochs"),
+    (["--data-dir", "/nonexistent/imagenet"], "/nonexistent/imagenet"),
+    (["--config", "/nonexistent/config.yaml"], "/nonexistent/config.yaml"),
+])
+def test_bad_input_exits_2_with_one_line(resnet_data, args, message):
+    base = ["train", "resnet50", "--config", "smoke", "--data-dir", str(resnet_data)]
+    done = run_mlbench(*base, *args)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not done.events("run_start")
+
+
+@pytest.mark.slow
+def test_unreadable_image_exits_2_naming_it(resnet_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(resnet_data, data)
+    victim = sorted((data / "train" / "n00000004").iterdir())[0]
+    victim.write_bytes(b"garbage")
+    done = run_mlbench("train", "resnet50", "--config", "smoke", "--data-dir", str(data),
+                       "--set", "data.num_workers=0")
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and victim.name in errors[0]
+
+
+def test_train_py_runs_directly():
+    done = subprocess.run([sys.executable, "benchmarks/resnet50/train.py", "--help"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "--config" in done.stdout

@@ -8,11 +8,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from benchmarks.core import mllog
+from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import ConfigSchema, build_config
 from benchmarks.core.data import build_loader, subset_and_shard
 from benchmarks.core.distributed import DistEnv
-from benchmarks.core.errors import NonFiniteLossError
-from benchmarks.core.loop import Task, steps_per_epoch, train
+from benchmarks.core.errors import ConfigError, NonFiniteLossError, PreemptedError
+from benchmarks.core.loop import Task, Trainer, steps_per_epoch
 from benchmarks.core.metrics import TopKAccuracy
 from benchmarks.core.optim import build_optimizer, build_scheduler
 
@@ -51,8 +52,8 @@ def run(task: Task, **training) -> tuple[object, CountingSGD]:
     optimizer = CountingSGD(task.model.parameters(), lr=0.5)
     steps = steps_per_epoch(task.train_loader, config)
     scheduler = build_scheduler(optimizer, config.lr_schedule, 0.5, steps, steps * 2)
-    result = train(task, task.model, optimizer, scheduler, config, DistEnv(), CPU,
-                   mllog.MLLogger(enabled=False))
+    result = Trainer(task, task.model, optimizer, scheduler, config, DistEnv(), CPU,
+                     mllog.MLLogger(enabled=False)).run()
     return result, optimizer
 
 
@@ -84,8 +85,8 @@ def test_real_optimizer_on_the_loop_learns():
                           ConfigSchema())
     optimizer = build_optimizer(task.model, config.opt, 0.05)
     scheduler = build_scheduler(optimizer, config.lr_schedule, 0.05, 10, 30)
-    result = train(task, task.model, optimizer, scheduler, config, DistEnv(), CPU,
-                   mllog.MLLogger(enabled=False))
+    result = Trainer(task, task.model, optimizer, scheduler, config, DistEnv(), CPU,
+                     mllog.MLLogger(enabled=False)).run()
     assert result.last_metric > 0.8
 
 
@@ -100,3 +101,78 @@ def test_ranks_get_disjoint_shards():
                               device=CPU, num_workers=0)
         seen.append({int(x) for (batch,) in loader for x in batch})
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 12
+
+
+class SignalAfter:
+    """A loss function that raises a stop request after ``steps`` calls, like a SIGUSR1."""
+
+    def __init__(self, stop: StopRequest, calls: int) -> None:
+        self.stop, self.calls = stop, calls
+
+    def __call__(self, outputs, targets):
+        self.calls -= 1
+        if self.calls == 0:
+            self.stop.signal_name = "SIGUSR1"
+        return nn.functional.cross_entropy(outputs, targets)
+
+
+def checkpointed_run(tmp_path: Path, stop: StopRequest | None = None, loss_fn=None,
+                     steps_per_epoch: int = 0, n_epochs: int = 4) -> Trainer:
+    task = make_task()
+    task.train_loader = build_loader(task.train_loader.dataset, 4, train=True, env=DistEnv(),
+                                     device=CPU, num_workers=1, seed=3)
+    if loss_fn is not None:
+        task.loss_fn = loss_fn
+    config = build_config({"training": {"n_epochs": n_epochs, "nan_check_every": 1,
+                                        "steps_per_epoch": steps_per_epoch,
+                                        "checkpoint_dir": str(tmp_path),
+                                        "checkpoint_every": 1},
+                           "opt": {"name": "adam", "lr": 0.05}}, ConfigSchema())
+    optimizer = build_optimizer(task.model, config.opt, 0.05)
+    steps = 10 if not steps_per_epoch else steps_per_epoch
+    scheduler = build_scheduler(optimizer, config.lr_schedule, 0.05, steps, steps * 4)
+    checkpointer = Checkpointer(tmp_path, {"test": 1}, DistEnv())
+    trainer = Trainer(task, task.model, optimizer, scheduler, config, DistEnv(), CPU,
+                      mllog.MLLogger(enabled=False), checkpointer, stop or StopRequest())
+    trainer.run()
+    return trainer
+
+
+@pytest.mark.parametrize("steps_per_epoch", [0, 7])
+def test_stop_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupted(tmp_path,
+                                                                           steps_per_epoch):
+    torch.manual_seed(0)
+    reference = checkpointed_run(tmp_path / "reference", steps_per_epoch=steps_per_epoch)
+    stop = StopRequest()
+    torch.manual_seed(0)
+    with pytest.raises(PreemptedError, match="stopped by SIGUSR1 at epoch 2 step 3"):
+        checkpointed_run(tmp_path / "preempted", stop, SignalAfter(stop, 3 + (steps_per_epoch
+                                                                             or 10)),
+                         steps_per_epoch=steps_per_epoch)
+    assert (tmp_path / "preempted" / "latest").read_text().strip() == "epoch0002-step0000003"
+    torch.manual_seed(123)
+    resumed = checkpointed_run(tmp_path / "preempted", steps_per_epoch=steps_per_epoch)
+    for expected, actual in zip(reference.model.parameters(), resumed.model.parameters(),
+                                strict=True):
+        assert torch.equal(expected, actual)
+    assert resumed.last_metric == reference.last_metric
+
+
+def test_resume_from_an_epoch_end_checkpoint_matches_uninterrupted(tmp_path):
+    torch.manual_seed(0)
+    reference = checkpointed_run(tmp_path / "reference")
+    torch.manual_seed(0)
+    checkpointed_run(tmp_path / "killed", n_epochs=2)
+    assert (tmp_path / "killed" / "latest").read_text().strip() == "epoch0003-step0000000"
+    torch.manual_seed(7)
+    resumed = checkpointed_run(tmp_path / "killed")
+    for expected, actual in zip(reference.model.parameters(), resumed.model.parameters(),
+                                strict=True):
+        assert torch.equal(expected, actual)
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    Checkpointer(tmp_path, {"model": "a"}, DistEnv()).save(1, 0, {"x": 1})
+    with pytest.raises(ConfigError, match="another configuration"):
+        Checkpointer(tmp_path, {"model": "b"}, DistEnv()).latest()
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -35,6 +35,12 @@ class NonFiniteLossError(BenchmarkError):
     exit_code = EXIT_FAILURE
 
 
+class PreemptedError(BenchmarkError):
+    """SIGTERM or SIGUSR1 stopped the run (after writing a checkpoint when configured)."""
+
+    exit_code = EXIT_FAILURE
+
+
 def one_line(err: BaseException) -> str:
     """The user-facing line of an error, also when a DataLoader worker re-raised it.
 

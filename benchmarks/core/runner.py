@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks.core import distributed, mllog
+from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext
 from benchmarks.core.data import seed_everything
 from benchmarks.core.errors import (
@@ -34,7 +35,7 @@ from benchmarks.core.errors import (
     ConfigError,
     one_line,
 )
-from benchmarks.core.loop import Task, steps_per_epoch, train
+from benchmarks.core.loop import Task, Trainer, steps_per_epoch
 from benchmarks.core.optim import build_optimizer, build_scheduler, scaled_base_lr
 
 
@@ -160,9 +161,22 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
     _log_hyperparameters(log, config, task, base_lr, steps, num_parameters)
     log.end(constants.INIT_STOP)
 
+    checkpointer, stop = None, StopRequest()
+    if config.training.checkpoint_dir:
+        if config.distributed.strategy == "fsdp" and env.is_distributed:
+            raise ConfigError("config key 'training.checkpoint_dir': checkpoints of FSDP-sharded "
+                              "models are not supported yet")
+        identity = {"benchmark": spec.name, "model": config.as_dict()["model"],
+                    "global_batch_size": config.data.global_batch_size,
+                    "world_size": env.world_size}
+        checkpointer = Checkpointer(config.training.checkpoint_dir, identity, env)
+        stop.install()
+    trainer = Trainer(task, wrapped, optimizer, scheduler, config, env, device, log,
+                      checkpointer, stop)
+
     distributed.barrier()
     log.start(constants.RUN_START)
-    result = train(task, wrapped, optimizer, scheduler, config, env, device, log)
+    result = trainer.run()
     distributed.barrier()
     succeeded = result.reached_target or config.training.target is None
     log.end(constants.RUN_STOP, metadata={"status": "success" if succeeded else "aborted",

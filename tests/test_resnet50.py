@@ -24,21 +24,24 @@ def test_parameter_count_is_torchvision_resnet50():
     assert sum(p.numel() for p in model.parameters()) == RESNET50_V15_PARAMETERS
 
 
-def test_odd_images_decode_to_rgb(tmp_path):
+@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+def test_odd_images_decode_to_rgb(tmp_path, decoder):
     image = Image.new("RGB", (8, 8), (200, 10, 10))
     gray, cmyk, png = tmp_path / "gray.JPEG", tmp_path / "cmyk.JPEG", tmp_path / "png.JPEG"
     image.convert("L").save(gray, format="JPEG")
     image.convert("CMYK").save(cmyk, format="JPEG")
     image.save(png, format="PNG")
     for path in (gray, cmyk, png):
-        assert load_rgb(path).mode == "RGB"
+        assert load_rgb(path, decoder).shape == (3, 8, 8)
+    assert load_rgb(png, decoder)[:, 0, 0].tolist() == [200, 10, 10]
 
 
-def test_unreadable_image_names_the_file(tmp_path):
+@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+def test_unreadable_image_names_the_file(tmp_path, decoder):
     bad = tmp_path / "broken.JPEG"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(InputError, match="broken.JPEG"):
-        load_rgb(bad)
+        load_rgb(bad, decoder)
 
 
 def test_subset_is_spread_over_classes(resnet_data):

@@ -5,6 +5,11 @@ the sorted folder names of ``train``. Every image is decoded to RGB whatever it 
 ImageNet has grayscale and CMYK JPEGs and one PNG named .JPEG), and an unreadable image is
 an ``InputError`` naming the file. Training uses RandomResizedCrop + horizontal flip,
 evaluation Resize + CenterCrop, both normalised with the ImageNet mean and std.
+
+``data.decoder`` picks the JPEG decoder: ``torchvision`` (torchvision.io, faster per core:
+``bench/jpeg_decode.py``) or ``pil`` (for torchvision builds without image codecs, common in
+source builds on clusters, and for the release that drops torchvision.io decoding, deprecated
+since torchvision 0.29). Both feed the same transforms v2 pipeline.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision import transforms
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from benchmarks.core.config import DataConfig
@@ -37,14 +44,16 @@ class ImageNetDataConfig(DataConfig):
     eval_dir: str = "val"
     image_size: int = 224
     resize_size: int = 256
+    decoder: Literal["torchvision", "pil"] = "torchvision"
 
 
 class ImageFolderRGB(Dataset):
     """(image tensor, class index) pairs from one split of an ImageFolder tree."""
 
-    def __init__(self, root: Path, classes: list[str], transform: transforms.Compose,
-                 subset: int = 0, subset_seed: int = 0) -> None:
+    def __init__(self, root: Path, classes: list[str], transform: v2.Transform,
+                 subset: int = 0, subset_seed: int = 0, decoder: str = "torchvision") -> None:
         self.root = root
+        self.decoder = decoder
         self.classes = classes
         self.transform = transform
         index = {name: i for i, name in enumerate(classes)}
@@ -68,16 +77,19 @@ class ImageFolderRGB(Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[item]
-        return self.transform(load_rgb(path)), label
+        return self.transform(load_rgb(path, self.decoder)), label
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode any image PIL understands (whatever its suffix says) to RGB."""
+def load_rgb(path: Path, decoder: str = "torchvision") -> torch.Tensor:
+    """Decode a JPEG or PNG (whatever its suffix says) to an RGB uint8 tensor [3, H, W]."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"{path}: cannot decode image ({type(err).__name__})") from None
+        if decoder == "pil":
+            with Image.open(path) as image:
+                return v2.functional.pil_to_tensor(image.convert("RGB"))
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        reason = str(err).splitlines()[0].split(". ")[0].split(", ")[-1]
+        raise InputError(f"{path}: cannot decode image ({reason})") from None
 
 
 def class_names(train_root: Path) -> list[str]:
@@ -93,22 +105,15 @@ def build_datasets(cfg: ImageNetDataConfig) -> tuple[ImageFolderRGB, ImageFolder
     root = require_dir(cfg.data_dir, "ImageNet data_dir")
     train_root = require_dir(root / cfg.train_dir, "training split (data.train_dir)")
     eval_root = require_dir(root / cfg.eval_dir, "evaluation split (data.eval_dir)")
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(cfg.image_size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        normalize,
-    ])
-    eval_tf = transforms.Compose([
-        transforms.Resize(cfg.resize_size),
-        transforms.CenterCrop(cfg.image_size),
-        transforms.ToTensor(),
-        normalize,
-    ])
+    to_normalized_float = [v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train_tf = v2.Compose([v2.RandomResizedCrop(cfg.image_size, antialias=True),
+                           v2.RandomHorizontalFlip(), *to_normalized_float])
+    eval_tf = v2.Compose([v2.Resize(cfg.resize_size, antialias=True),
+                          v2.CenterCrop(cfg.image_size), *to_normalized_float])
     classes = class_names(train_root)
-    return (ImageFolderRGB(train_root, classes, train_tf, cfg.train_subset),
-            ImageFolderRGB(eval_root, classes, eval_tf, cfg.eval_subset))
+    return (ImageFolderRGB(train_root, classes, train_tf, cfg.train_subset, decoder=cfg.decoder),
+            ImageFolderRGB(eval_root, classes, eval_tf, cfg.eval_subset, decoder=cfg.decoder))
 
 
 SYNTH_CLASSES = 10

@@ -16,6 +16,7 @@ import torch
 
 from benchmarks.core.config import load_config
 from benchmarks.core.errors import BenchmarkError, ConfigError
+from benchmarks.core.memory import measure
 from benchmarks.core.runner import BenchmarkSpec, add_train_arguments, run_with_args
 
 BENCHMARKS = ("resnet50", "bert_large", "gptj", "cosmoflow", "deepcam", "alphafold2")
@@ -95,6 +96,15 @@ def table_rows(specs: list[BenchmarkSpec]) -> list[dict[str, object]]:
 
 def _table(args: argparse.Namespace) -> int:
     rows = table_rows(available_specs())
+    if args.measure:
+        device = args.device if args.device != "auto" else (
+            "cuda" if torch.cuda.is_available() else "cpu")
+        for row in rows:
+            print(f"measuring {row['benchmark']} ({device}, batch {args.batch_size}) ...",
+                  file=sys.stderr, flush=True)
+            measured = measure(str(row["benchmark"]), device, args.batch_size)
+            row["measured_gib"] = round(measured["peak_bytes"] / 2**30, 3)
+            row["measured_at"] = f"{measured['scale']} {device} batch {args.batch_size}"
     columns = list(rows[0]) if rows else []
     if args.format == "csv":
         print(",".join(columns))
@@ -129,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("table", help="the benchmark table (parameters, memory)")
     table.add_argument("--format", choices=("md", "csv"), default="md")
+    table.add_argument("--measure", action="store_true",
+                       help="also measure peak training memory, activations included (smoke "
+                            "scale on CPU, full scale on GPU)")
+    table.add_argument("--batch-size", type=int, default=8, help="batch size for --measure")
+    table.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     table.set_defaults(func=_table)
 
     try:

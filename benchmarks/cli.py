@@ -18,6 +18,7 @@ from benchmarks.core.config import load_config
 from benchmarks.core.errors import BenchmarkError, ConfigError
 from benchmarks.core.memory import measure
 from benchmarks.core.runner import BenchmarkSpec, add_train_arguments, run_with_args
+from perflogs_parsers.cli import register as register_perflogs
 
 BENCHMARKS = ("resnet50", "bert_large", "gptj", "cosmoflow", "deepcam", "alphafold2")
 
@@ -146,12 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     table.set_defaults(func=_table)
 
-    try:
-        from perflogs_parsers.cli import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(commands)
+    register_perflogs(commands)
     return parser
 
 

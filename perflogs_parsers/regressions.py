@@ -1,0 +1,167 @@
+"""Find performance regressions: the latest run of each test variant against its history.
+
+For each (system, partition, environ, test variant, variable) the latest run is compared with
+
+* the **reference** ReFrame logged with it: ``ref * (1 + lower_thres)`` .. ``ref * (1 +
+  upper_thres)`` (absolute thresholds when ``ref`` is 0, as in ReFrame 4.8+), and
+* the **history**: the median of the previous ``window`` values, with a noise band of
+  ``mad_k`` robust standard deviations (1.4826 x the median absolute deviation), never
+  narrower than ``min_change`` of the median. At least ``min_samples`` previous values are
+  needed for a verdict.
+
+Whether a change is good or bad depends on the variable: higher is better for rates (units
+ending in ``/s``), lower is better for times (``s``, ``ms``...); :data:`DIRECTIONS` names this
+project's variables and callers may add their own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of, reference_bounds
+
+_MAD_TO_SIGMA = 1.4826
+
+#: Statuses, worst first; the first three make :func:`exit_code` non-zero.
+STATUSES = ('failed', 'regression', 'out of bounds', 'improvement', 'changed', 'new', 'ok')
+PROBLEMS = frozenset(STATUSES[:3])
+VARIANT_KEYS = ['system', 'partition', 'environ', 'display_name', 'variable']
+#: Columns of :func:`find_regressions`' table.
+RESULT_COLUMNS = ['system', 'partition', 'environ', 'test', 'display_name', 'variable', 'unit',
+                  'better', 'time', 'value', 'runs', 'baseline', 'band', 'change',
+                  'reference', 'lower_bound', 'upper_bound', 'status', 'why']
+
+
+def find_regressions(frame: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
+    """One row per variant and variable: the latest run, its baseline and a status.
+
+    Columns: :data:`RESULT_COLUMNS`; ``band`` is the half width of the noise band and
+    ``change`` the latest value relative to the baseline. Worst statuses come first.
+    """
+    settings = settings or Settings()
+    if frame.empty:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+
+    variant = _variant_ids(frame)
+    times = frame['timestamp'].to_numpy(dtype='datetime64[ns]').view(np.int64)
+    # Rows of each variant together, oldest first: the last row of each variant is its latest.
+    order = np.lexsort((times, variant))
+    ends = np.flatnonzero(np.diff(variant[order], append=variant.max() + 1)) + 1
+    starts = np.concatenate(([0], ends[:-1]))
+    values = frame['value'].to_numpy(dtype=np.float64)[order]
+    latest = frame.iloc[order[ends - 1]].to_dict('records')
+
+    rows = []
+    for row, start, end in zip(latest, starts, ends, strict=True):
+        previous = values[start:end - 1]
+        rows.append(_judge(row, previous[~np.isnan(previous)], settings))
+    result = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    rank = result['status'].map({status: index for index, status in enumerate(STATUSES)})
+    order = np.lexsort((result['variable'].astype(str), result['display_name'].astype(str),
+                        result['partition'].astype(str), result['system'].astype(str), rank))
+    return result.iloc[order].reset_index(drop=True)
+
+
+def _variant_ids(frame: pd.DataFrame) -> np.ndarray:
+    """Integer id per distinct combination of :data:`VARIANT_KEYS` (missing values count)."""
+    key = np.zeros(len(frame), dtype=np.int64)
+    span = 1
+    for name in VARIANT_KEYS:
+        codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
+        if span * (len(uniques) + 1) >= 2**62:
+            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+            span = int(key.max()) + 1
+        key = key * (len(uniques) + 1) + (codes + 1)
+        span *= len(uniques) + 1
+    return key
+
+
+def _judge(latest: dict, previous: np.ndarray, settings: Settings) -> dict:
+    previous = previous[-settings.window:]
+    value = float(latest['value'])
+    better = direction_of(str(latest['variable']), _text(latest.get('unit')),
+                          settings.directions)
+    low, high = reference_bounds(*(float(latest.get(name, math.nan))
+                                   for name in ('reference', 'lower_thres', 'upper_thres')))
+    baseline = float(np.median(previous)) if len(previous) else math.nan
+    band = math.nan
+    if len(previous) >= settings.min_samples:
+        mad = float(np.median(np.abs(previous - baseline)))
+        band = max(settings.mad_k * _MAD_TO_SIGMA * mad, settings.min_change * abs(baseline))
+    change = (value - baseline) / abs(baseline) if baseline else math.nan
+
+    status, why = _verdict(value, better, baseline, band, low, high, len(previous),
+                           _text(latest.get('result')))
+    return {
+        **{key: latest.get(key) for key in ('system', 'partition', 'environ', 'test',
+                                             'display_name', 'variable', 'unit')},
+        'better': better, 'time': latest['timestamp'], 'value': value,
+        'runs': len(previous), 'baseline': baseline, 'band': band, 'change': change,
+        'reference': latest.get('reference', math.nan), 'lower_bound': low, 'upper_bound': high,
+        'status': status, 'why': why,
+    }
+
+
+def _verdict(value: float, better: str | None, baseline: float, band: float, low: float,
+             high: float, runs: int, result: str | None) -> tuple[str, str]:
+    if math.isnan(value):
+        return 'failed', f'no value logged (test result: {result or "unknown"})'
+
+    reasons = []
+    history_move = 0
+    if not math.isnan(band):
+        delta = value - baseline
+        if abs(delta) > band:
+            history_move = 1 if delta > 0 else -1
+        reasons.append(_history_reason(delta, baseline, band, runs))
+    else:
+        reasons.append(f'only {runs} earlier run{"" if runs == 1 else "s"} with a value')
+
+    reference_move = 0
+    if not math.isnan(low) and value < low:
+        reference_move = -1
+        reasons.append(f'below the reference bound {low:.6g}')
+    elif not math.isnan(high) and value > high:
+        reference_move = 1
+        reasons.append(f'above the reference bound {high:.6g}')
+
+    sign = {HIGHER: 1, LOWER: -1}.get(better, 0)
+    why = '; '.join(reasons)
+    if sign and (history_move * sign < 0 or reference_move * sign < 0):
+        return 'regression', why
+    if not sign and reference_move:
+        return 'out of bounds', why
+    if sign and (history_move * sign > 0 or reference_move * sign > 0):
+        return 'improvement', why
+    if history_move:
+        return 'changed', why
+    if math.isnan(band):
+        return 'new', why
+    return 'ok', why
+
+
+def _history_reason(delta: float, baseline: float, band: float, runs: int) -> str:
+    if baseline == 0:
+        return f'{delta:+.4g} vs median 0 of {runs} runs (noise band \u00b1{band:.4g})'
+    return (f'{_percent(delta / abs(baseline))} vs median of {runs} runs '
+            f'(noise band \u00b1{_percent(band / abs(baseline), signed=False)})')
+
+
+def _percent(fraction: float, signed: bool = True) -> str:
+    if math.isnan(fraction):
+        return 'n/a'
+    return f'{fraction * 100:+.1f}%' if signed else f'{fraction * 100:.1f}%'
+
+
+def _text(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def exit_code(result: pd.DataFrame) -> int:
+    """1 when any latest run failed, regressed or left its reference bounds, else 0."""
+    return int(result['status'].isin(PROBLEMS).any())

@@ -1,0 +1,198 @@
+"""ReFrame configuration of the mlbench suite: ``reframe -C site_config/settings.py ...``.
+
+Systems, tried in this order (the first whose ``hostnames`` match the host is used, unless
+``--system NAME`` picks one):
+
+- ``example-cpu`` and ``example-gpu``: templates for real clusters. Copy one, rename it, set
+  ``hostnames`` to your login nodes and fill in partition names, processor, GPUs, dataset
+  paths and how to get PyTorch (the ``mlbench`` environment). ``reframe --system NAME
+  --dry-run -r`` then shows the job scripts without submitting anything.
+- ``slurm-ci``: the two-node Slurm cluster of ``ci/slurm/start.sh`` (docs/slurm-ci.md); its
+  host name is arbitrary, so select it with ``--system slurm-ci``.
+- ``local``: any other host, the default: the local scheduler runs the smoke scale on this
+  machine (``reframe -C site_config/settings.py -c reframe_tests -r``).
+
+Everything ReFrame writes goes under the working folder: ``stage/``, ``output/``,
+``perflogs/`` and ``reports/`` (use ``--prefix`` to move stage, output and perflogs).
+Perflogs use the project's format (``perflogs_parsers/formats.py``); with
+``MLBENCH_PERFLOG_URL`` set, each record is also posted as JSON to that URL.
+
+Partition conventions the tests rely on (``reframe_tests/mlbench_base.py``):
+``features`` ``cpu`` and/or ``gpu``; GPUs in ``devices`` (one rank per GPU) and requested
+through the ``_rfm_gpu`` resource; ``processor.num_cpus`` (split between the ranks of a
+node); ``extras.datasets.<benchmark>``: the dataset folder of each full-scale benchmark;
+``extras.max_nodes``: node counts above it are skipped.
+"""
+
+import os
+
+from perflogs_parsers.formats import filelog_handler, httpjson_handlers_from_env
+
+TESTS_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                                          'reframe_tests'))
+
+
+def _datasets(root: str) -> dict[str, str]:
+    """Dataset folder of each full-scale benchmark (``extras.datasets``) under ``root``."""
+    return {
+        'resnet50': f'{root}/imagenet',
+        'bert_large': f'{root}/bert',
+        'gptj': f'{root}/c4',
+        'cosmoflow': f'{root}/cosmoflow',
+        'deepcam': f'{root}/deepcam',
+        'alphafold2': f'{root}/openfold',
+    }
+
+
+def _cpu_masks(cpus_per_domain: int, domains: int) -> list[str]:
+    """Hex CPU sets of consecutive domains (NUMA nodes), as ReFrame's topology expects."""
+    mask = (1 << cpus_per_domain) - 1
+    return [hex(mask << (cpus_per_domain * index)) for index in range(domains)]
+
+
+# ARCHER2-like CPU cluster: 2 x 64-core AMD EPYC per node, SMT not used.
+EXAMPLE_CPU_SYSTEM = {
+    'name': 'example-cpu',
+    'descr': 'Template: CPU cluster, 128 cores per node (edit before use)',
+    'hostnames': [r'^example-cpu-login\d+$'],
+    'modules_system': 'nomod',
+    'partitions': [
+        {
+            'name': 'standard',
+            'descr': 'CPU compute nodes',
+            'scheduler': 'slurm',
+            'launcher': 'srun',
+            'access': ['--partition=standard', '--qos=standard', '--hint=nomultithread',
+                       '--distribution=block:block'],
+            'sched_options': {'use_nodes_option': True},
+            'environs': ['mlbench'],
+            'features': ['cpu'],
+            'processor': {
+                'num_cpus': 128,
+                'num_cpus_per_core': 1,
+                'num_sockets': 2,
+                'num_cpus_per_socket': 64,
+                'topology': {'numa_nodes': _cpu_masks(16, 8)},
+            },
+            'max_jobs': 16,
+            'extras': {'datasets': _datasets('/work/mlbench/datasets'), 'max_nodes': 1024},
+        },
+    ],
+}
+
+# GPU cluster: 4 GPUs and 64 cores per node; one rank per GPU.
+EXAMPLE_GPU_SYSTEM = {
+    'name': 'example-gpu',
+    'descr': 'Template: GPU cluster, 4 GPUs per node (edit before use)',
+    'hostnames': [r'^example-gpu-login\d+$'],
+    'modules_system': 'nomod',
+    'partitions': [
+        {
+            'name': 'gpu',
+            'descr': 'GPU compute nodes',
+            'scheduler': 'slurm',
+            'launcher': 'srun',
+            'access': ['--partition=gpu'],
+            'sched_options': {'use_nodes_option': True},
+            'environs': ['mlbench'],
+            'features': ['gpu'],
+            'processor': {
+                'num_cpus': 64,
+                'num_cpus_per_core': 1,
+                'num_sockets': 1,
+                'num_cpus_per_socket': 64,
+            },
+            'devices': [{'type': 'gpu', 'arch': 'sm_90', 'num_devices': 4}],
+            'resources': [
+                {'name': '_rfm_gpu', 'options': ['--gres=gpu:{num_gpus_per_node}']},
+            ],
+            'max_jobs': 16,
+            'extras': {'datasets': _datasets('/scratch/mlbench/datasets'), 'max_nodes': 64},
+        },
+    ],
+}
+
+SLURM_CI_SYSTEM = {
+    'name': 'slurm-ci',
+    'descr': 'Local two-node Slurm cluster of ci/slurm/start.sh (docs/slurm-ci.md)',
+    'hostnames': [r'^slurm-ci$'],
+    'modules_system': 'nomod',
+    'partitions': [
+        {
+            'name': 'default',
+            'descr': 'node1 and node2, 4 CPUs each, on this host',
+            'scheduler': 'slurm',
+            'launcher': 'srun',
+            'access': ['--partition=debug'],
+            'sched_options': {'use_nodes_option': True},
+            'environs': ['mlbench'],
+            'features': ['cpu'],
+            'processor': {
+                'num_cpus': 4,
+                'num_cpus_per_core': 1,
+                'num_sockets': 1,
+                'num_cpus_per_socket': 4,
+            },
+            # The emulated nodes share the host's few real cores: one thread per rank.
+            'env_vars': [['OMP_NUM_THREADS', '1']],
+            'max_jobs': 4,
+            'extras': {'max_nodes': 2},
+        },
+    ],
+}
+
+LOCAL_SYSTEM = {
+    'name': 'local',
+    'descr': 'This machine, local scheduler: the smoke scale on a laptop or workstation',
+    'hostnames': ['.*'],
+    'modules_system': 'nomod',
+    'partitions': [
+        {
+            'name': 'default',
+            'descr': 'Processes on this host, one at a time',
+            'scheduler': 'local',
+            'launcher': 'local',
+            'environs': ['mlbench'],
+            'features': ['cpu'],
+            'max_jobs': 1,
+        },
+    ],
+}
+
+site_configuration = {
+    'systems': [EXAMPLE_CPU_SYSTEM, EXAMPLE_GPU_SYSTEM, SLURM_CI_SYSTEM, LOCAL_SYSTEM],
+    'environments': [
+        {
+            # The Python environment where `pip install -e .` put mlbench and PyTorch. Jobs
+            # inherit the submitting shell's environment; on a real cluster load it here,
+            # e.g. 'prepare_cmds': ['source /work/mlbench/venv/bin/activate'] or 'modules'.
+            'name': 'mlbench',
+            'features': ['pytorch'],
+            'target_systems': ['*'],
+        },
+    ],
+    'general': [
+        {
+            'report_file': 'reports/run-report-{sessionid}.json',
+            'topology_prefix': 'reports/topology',
+            'check_search_path': [TESTS_DIR],
+        },
+    ],
+    'logging': [
+        {
+            'handlers$': [
+                {'type': 'stream', 'name': 'stdout', 'level': 'info', 'format': '%(message)s'},
+            ],
+            'handlers': [
+                {
+                    # No name: ReFrame's debug log goes to a temporary rfm-*.log file.
+                    'type': 'file',
+                    'level': 'debug2',
+                    'format': '[%(asctime)s] %(levelname)s: %(check_info)s: %(message)s',
+                    'append': False,
+                },
+            ],
+            'handlers_perflog': [filelog_handler('perflogs'), *httpjson_handlers_from_env()],
+        },
+    ],
+}

@@ -1,0 +1,188 @@
+"""The pure-Python half of reframe_tests/mlbench_base.py: MLLOG parsing and failure reasons.
+
+Logs are written by the real ``mlperf-logging`` package (the writer ``mlbench train`` uses),
+so a change of its line format breaks these tests rather than the ReFrame runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from mlperf_logging.mllog import mllog
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_base():
+    spec = importlib.util.spec_from_file_location(
+        'mlbench_base_under_test', REPO / 'reframe_tests' / 'mlbench_base.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+base = _load_base()
+
+
+class RunLog:
+    """Rank 0's MLLOG stream of one run, with explicit timestamps."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        pylogger = logging.getLogger(f'test_reframe_base.{id(self)}')
+        pylogger.propagate = False
+        pylogger.setLevel(logging.INFO)
+        handler = logging.StreamHandler(self.stream)
+        handler.setFormatter(logging.Formatter('%(message)s'))
+        pylogger.addHandler(handler)
+        self.logger = mllog.MLLogger(logger=pylogger)
+
+    def start_run(self, target: float | None = 0.9, lower_is_better: bool = False,
+                  at_ms: int = 1_000) -> RunLog:
+        self.logger.event('mlbench_target', target, time_ms=at_ms,
+                          metadata={'lower_is_better': lower_is_better, 'metric': 'top1'})
+        self.logger.start('run_start', time_ms=at_ms)
+        return self
+
+    def epoch(self, number: int, samples_per_s: float, seconds: float, quality: float,
+              key: str = 'eval_accuracy') -> RunLog:
+        self.logger.event('mlbench_throughput', samples_per_s, time_ms=0,
+                          metadata={'epoch_num': number, 'epoch_time_s': seconds})
+        self.logger.event(key, quality, time_ms=0, metadata={'epoch_num': number})
+        return self
+
+    def stop(self, status: str, at_ms: int, epochs: int, reason: str | None = None) -> str:
+        metadata = {'status': status, 'epoch_num': epochs}
+        if reason:
+            metadata['reason'] = reason
+        self.logger.end('run_stop', time_ms=at_ms, metadata=metadata)
+        return self.stream.getvalue()
+
+
+def rank_lines(nodes: list[str]) -> str:
+    """The line each rank of ``mlbench train`` prints to stderr once its process group is up."""
+    return ''.join(f'[mlbench] rank {rank}/{len(nodes)} local_rank 0 node {node} device cpu '
+                   f'launcher srun backend gloo\n' for rank, node in enumerate(nodes))
+
+
+def successful_run() -> str:
+    return (RunLog().start_run(target=0.9)
+            .epoch(1, 50.0, 8.0, 0.3).epoch(2, 100.0, 4.0, 0.6).epoch(3, 120.0, 3.0, 0.95)
+            .stop('success', at_ms=16_500, epochs=3))
+
+
+def test_successful_run_gives_time_to_target_and_steady_throughput() -> None:
+    summary = base.summarise_run(successful_run(), rank_lines(['node1', 'node2']))
+
+    assert summary.status == 'success'
+    assert summary.time_to_target_s == pytest.approx(15.5)
+    assert summary.steady_throughput == pytest.approx(110.0)  # first epoch left out
+    assert summary.steady_epoch_time == pytest.approx(3.5)
+    assert summary.world_size == 2 and summary.nodes == ['node1', 'node2']
+    assert base.failure_reason(summary, '', exit_code=0, expected_ranks=2,
+                               expected_nodes=2) is None
+
+
+def test_single_epoch_run_uses_that_epoch() -> None:
+    log = RunLog().start_run().epoch(1, 80.0, 5.0, 0.95).stop('success', 7_000, 1)
+    summary = base.summarise_run(log, rank_lines(['vm']))
+    assert summary.steady_throughput == 80.0 and summary.steady_epoch_time == 5.0
+
+
+def test_target_missed_names_metric_value_and_target() -> None:
+    log = RunLog().start_run(target=1.01).epoch(1, 50.0, 8.0, 0.3).epoch(2, 60.0, 7.0, 0.6)
+    summary = base.summarise_run(log.stop('aborted', 20_000, 2), rank_lines(['node1']))
+
+    reason = base.failure_reason(summary, '', exit_code=3, expected_ranks=1, expected_nodes=1)
+    assert reason == 'target missed: top1 0.6 after 2 epoch(s), target 1.01 (higher is better)'
+    assert summary.time_to_target_s is None
+
+
+def test_lower_is_better_target_is_checked_in_that_direction() -> None:
+    log = (RunLog().start_run(target=0.124, lower_is_better=True)
+           .epoch(1, 10.0, 1.0, 0.2, key='eval_error').epoch(2, 10.0, 1.0, 0.1, key='eval_error'))
+    summary = base.summarise_run(log.stop('success', 5_000, 2), rank_lines(['vm']))
+    assert summary.reached_target
+    assert base.failure_reason(summary, '', exit_code=0) is None
+
+
+def test_success_claim_with_missed_target_still_fails() -> None:
+    log = RunLog().start_run(target=0.9).epoch(1, 10.0, 1.0, 0.5)
+    summary = base.summarise_run(log.stop('success', 5_000, 1), '')
+    assert 'target was missed' in base.failure_reason(summary, '', exit_code=0)
+
+
+def test_non_finite_loss_is_reported_as_nan() -> None:
+    log = RunLog().start_run().epoch(1, 10.0, 1.0, 0.1)
+    text = log.stop('aborted', 5_000, 1, reason='loss is nan at epoch 2 step 3')
+    reason = base.failure_reason(base.summarise_run(text, ''), '', exit_code=1)
+    assert reason == 'non-finite loss (NaN): loss is nan at epoch 2 step 3'
+
+
+def test_crash_with_reason_in_run_stop() -> None:
+    text = RunLog().start_run().stop('aborted', 2_000, 0, reason='RuntimeError: CUDA error')
+    stderr = 'mlbench resnet50: error: RuntimeError: CUDA error\n'
+    reason = base.failure_reason(base.summarise_run(text, stderr), stderr, exit_code=1)
+    assert reason == 'crashed: RuntimeError: CUDA error'
+
+
+def test_dead_rank_without_run_stop_reports_srun_verdict() -> None:
+    stderr = (rank_lines(['node1'])
+              + 'rank 1: simulated crash\n'
+              + 'srun: error: node2: task 1: Exited with exit code 17\n'
+              + 'srun: error: node1: task 0: Killed\n')
+    summary = base.summarise_run(RunLog().start_run().stream.getvalue(), stderr)
+    reason = base.failure_reason(summary, stderr, exit_code=137, job_state='FAILED')
+    assert reason == ('crashed before run_stop (exit code 137, job state FAILED): '
+                      'node2: task 1: Exited with exit code 17; node1: task 0: Killed')
+
+
+def test_torchrun_child_failure_is_named() -> None:
+    stderr = ('torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n'
+              'Root Cause (first observed failure):\n[0]:\n  time      : 2026-01-01_00:00:00\n'
+              '  host      : vm\n  rank      : 1 (local_rank: 0)\n'
+              '  exitcode  : 17 (pid: 4242)\n')
+    reason = base.failure_reason(base.summarise_run('', stderr), stderr, exit_code=1)
+    assert reason.endswith('torchrun worker exit code 17')
+
+
+def test_bad_input_before_logging_starts_is_quoted() -> None:
+    stderr = "mlbench resnet50: error: /data/train: folder not found\n"
+    reason = base.failure_reason(base.summarise_run('', stderr), stderr, exit_code=2)
+    assert reason == 'crashed before run_stop (exit code 2): /data/train: folder not found'
+
+
+def test_time_limit_from_slurm_or_job_state() -> None:
+    log = RunLog().start_run(target=0.9).epoch(1, 10.0, 1.0, 0.4).stream.getvalue()
+    stderr = ('slurmstepd: error: *** JOB 42 ON node1 CANCELLED AT 2026-01-01T00:10:00 '
+              'DUE TO TIME LIMIT ***\n')
+    summary = base.summarise_run(log, stderr)
+    expected = ('time limit (600 s) reached before run_stop: top1 0.4 after 1 epoch(s), '
+                'target 0.9 (higher is better)')
+    assert base.failure_reason(summary, stderr, time_limit_s=600.0) == expected
+    assert base.failure_reason(summary, '', job_state='TIMEOUT', time_limit_s=600.0) == expected
+
+
+def test_missing_ranks_and_nodes_fail() -> None:
+    summary = base.summarise_run(successful_run(), rank_lines(['node1', 'node1']))
+    assert base.failure_reason(summary, '', exit_code=0, expected_ranks=4) == (
+        '2 of 4 ranks reported in (world size 2)')
+    assert base.failure_reason(summary, '', exit_code=0, expected_ranks=2,
+                               expected_nodes=2) == (
+        'ranks ran on 1 node(s) (node1), expected 2')
+
+
+def test_nonzero_exit_after_success_fails() -> None:
+    summary = base.summarise_run(successful_run(), '')
+    assert 'exited with code 1' in base.failure_reason(summary, '', exit_code=1)
+
+
+def test_garbled_mllog_lines_are_skipped() -> None:
+    text = ':::MLLOG {"key": "run_start", "time_ms": 1\n' + successful_run()
+    assert base.summarise_run(text, '').status == 'success'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -57,3 +58,19 @@ def resnet_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = run_mlbench("synth", "resnet50", str(outdir), "--samples", "400")
     assert done.returncode == 0, done.stderr
     return outdir
+
+
+def compliance_failures(log_file: Path, tmp_path: Path, usage: str,
+                        ruleset: str) -> tuple[set[str], str]:
+    """Keys the official MLPerf compliance checker (closed division) fails, and its report."""
+    closed = tmp_path / "closed.txt"
+    closed.write_text(log_file.read_text().replace('"value": "open"', '"value": "closed"'))
+    checked = subprocess.run(
+        [sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", usage,
+         "--ruleset", ruleset, str(closed)], capture_output=True, text=True, cwd=tmp_path)
+    report = checked.stdout + checked.stderr
+    failed = set(re.findall(r"CHECK for '(\w+)' failed", report))
+    failed |= set(re.findall(r"Required .*?'(\w+)'", report))
+    if checked.returncode and not failed:
+        failed.add("(unparsed failure)")
+    return failed, report

@@ -1,7 +1,7 @@
 """Data utilities shared by the benchmarks: input checks, sharding, loaders, device transfer.
 
-- :func:`require_dir` / :func:`list_files`: find inputs or raise an ``InputError`` naming
-  the folder, before any training starts.
+- :func:`require_dir` / :func:`list_files` / :func:`select_files` / :func:`h5_dataset`: find
+  inputs or raise an ``InputError`` naming the folder or file, before any training starts.
 - :func:`subset_and_shard`: the one rule for file lists: sort, take the configured subset,
   then give each rank its own slice, so ranks never read the same sample.
 - :func:`build_loader`: a DataLoader with a ``DistributedSampler`` for map-style datasets,
@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 
 from benchmarks.core.distributed import DistEnv
 from benchmarks.core.errors import InputError
@@ -41,6 +42,24 @@ def list_files(folder: Path, patterns: Sequence[str], what: str) -> list[Path]:
     if not files:
         raise InputError(f"{folder}: no {what} files ({', '.join(patterns)})")
     return files
+
+
+def select_files(folder: Path, patterns: Sequence[str], what: str, subset: int,
+                 subset_key: str) -> list[Path]:
+    """Sorted files of a split folder cut to the first ``subset`` (all when 0); asking for
+    more files than there are is an error naming ``subset_key``."""
+    files = list_files(folder, patterns, what)
+    if subset > len(files):
+        raise InputError(f"{folder}: {subset_key} asks for {subset} files, found {len(files)}")
+    return files[:subset] if subset else files
+
+
+def h5_dataset(handle: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    """Dataset ``key`` of an open HDF5 file, or an InputError naming the file and the key."""
+    node = handle.get(key)
+    if not isinstance(node, h5py.Dataset):
+        raise InputError(f"{path}: no dataset '{key}'")
+    return node
 
 
 def subset_and_shard(items: Sequence[Any], subset: int, rank: int, world_size: int) -> list[Any]:
@@ -76,15 +95,16 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv
                  collate_fn: Any = None) -> DataLoader:
     """A DataLoader for one rank.
 
-    Map-style datasets get a ``DistributedSampler`` over all ranks (evaluation keeps every
-    sample: no shuffle, no drop). Iterable datasets shard themselves (see
+    Map-style training sets get a ``DistributedSampler`` over all ranks; evaluation sets an
+    :class:`EvalShardSampler`, which gives every sample to exactly one rank (no padding with
+    repeated samples, which would bias the metric). Iterable datasets shard themselves (see
     :func:`worker_shard`). Workers are seeded from ``seed`` and persistent on GPU.
     """
-    sampler = None
+    sampler: Sampler | None = None
     if not isinstance(dataset, IterableDataset):
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                     shuffle=train and shuffle, seed=seed,
-                                     drop_last=train and drop_last)
+                                     shuffle=shuffle, seed=seed, drop_last=drop_last) \
+            if train else EvalShardSampler(len(dataset), env.rank, env.world_size)
     generator = torch.Generator()
     generator.manual_seed(seed + env.rank)
     on_gpu = device.type == "cuda"
@@ -101,6 +121,25 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv
         persistent_workers=on_gpu and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
+
+
+class EvalShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...``: each evaluation sample on exactly one rank.
+
+    Ranks may get one batch more or less; the loop keeps their collectives matched.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        if size < world_size:
+            raise InputError(f"evaluation set has {size} samples, fewer than the {world_size} "
+                             "ranks")
+        self.indices = range(rank, size, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:

@@ -99,8 +99,6 @@ class Trainer:
         self.steps = steps_per_epoch(task.train_loader, cfg)
         self.batches = MicroBatches(task.train_loader, self.accumulation, self.steps,
                                     cycling=bool(cfg.training.steps_per_epoch))
-        self.autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                         if cfg.training.amp else contextlib.nullcontext())
         self.epoch, self.step, self.block_first_epoch = 1, 0, 1
         self.last_metric: float | None = None
 
@@ -166,10 +164,8 @@ class Trainer:
             is_boundary = position == group_size - 1
             no_sync = getattr(self.model, "no_sync", None)
             with contextlib.nullcontext() if is_boundary or no_sync is None else no_sync():
-                with self.autocast:
-                    outputs = self.model(**inputs) if isinstance(inputs, dict) \
-                        else self.model(inputs)
-                    loss = self.task.loss_fn(outputs, targets)
+                with self._autocast():
+                    loss = self.task.loss_fn(self._forward(inputs), targets)
                 (loss / group_size).backward()
             count = batch_size_of(inputs)
             samples += count
@@ -222,16 +218,36 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """The metric over the whole evaluation loader, reduced over ranks."""
+        """The metric over the whole evaluation loader, reduced over ranks.
+
+        Each sample is evaluated on one rank only, so ranks may hold different batch counts;
+        a rank that runs out repeats its last forward pass (outside the metric) until every
+        rank is done, because DDP and FSDP forward passes are collective.
+        """
         self.model.eval()
         metric = self.task.metric
         metric.reset()
+        batches, inputs = 0, None
         for batch in self.task.eval_loader:
             inputs, targets = to_device(batch, self.device, self.training.channels_last)
-            with self.autocast:
-                outputs = self.model(**inputs) if isinstance(inputs, dict) else self.model(inputs)
-            metric.update(outputs, targets)
+            metric.update(self._forward(inputs), targets)
+            batches += 1
+        if self.env.is_distributed and hasattr(self.task.eval_loader, "__len__"):
+            most = torch.tensor([len(self.task.eval_loader)], device=self.device)
+            torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+            for _ in range(int(most.item()) - batches):
+                self._forward(inputs)
         return metric.compute(self.device)
+
+    def _forward(self, inputs: Any) -> Any:
+        with self._autocast():
+            return self.model(**inputs) if isinstance(inputs, dict) else self.model(inputs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when ``training.amp`` is on (a fresh context each time: they nest)."""
+        if not self.training.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _save(self, epoch: int, step: int) -> str:
         state = {

@@ -239,19 +239,25 @@ def _limit_threads() -> None:
 
 def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task, base_lr: float,
                          steps: int, num_parameters: int) -> None:
+    """The MLPerf hyperparameter keys, once each; the task's own values and spellings win
+    (e.g. DeepCAM's rules want ``opt_name`` "AdamW" where ResNet's want "sgd")."""
     constants = mllog.constants
-    log.event(constants.GLOBAL_BATCH_SIZE, config.data.global_batch_size)
-    log.event(constants.GRADIENT_ACCUMULATION_STEPS, config.data.gradient_accumulation)
-    log.event(constants.TRAIN_SAMPLES, task.train_samples)
-    log.event(constants.EVAL_SAMPLES, task.eval_samples)
-    log.event(constants.OPT_NAME, config.opt.name)
-    log.event(constants.OPT_BASE_LR, base_lr)
-    log.event(constants.OPT_WEIGHT_DECAY, config.opt.weight_decay)
-    log.event(constants.OPT_LR_WARMUP_EPOCHS if config.lr_schedule.unit == "epochs"
-              else constants.OPT_LR_WARMUP_STEPS, config.lr_schedule.warmup)
+    warmup_key = (constants.OPT_LR_WARMUP_EPOCHS if config.lr_schedule.unit == "epochs"
+                  else constants.OPT_LR_WARMUP_STEPS)
+    keys = {
+        constants.GLOBAL_BATCH_SIZE: config.data.global_batch_size,
+        constants.GRADIENT_ACCUMULATION_STEPS: config.data.gradient_accumulation,
+        constants.TRAIN_SAMPLES: task.train_samples,
+        constants.EVAL_SAMPLES: task.eval_samples,
+        constants.OPT_NAME: config.opt.name,
+        constants.OPT_BASE_LR: base_lr,
+        constants.OPT_WEIGHT_DECAY: config.opt.weight_decay,
+        warmup_key: config.lr_schedule.warmup,
+    }
     if config.opt.clip_grad_norm:
-        log.event(constants.OPT_GRADIENT_CLIP_NORM, config.opt.clip_grad_norm)
-    for key, value in task.hyperparameters.items():
+        keys[constants.OPT_GRADIENT_CLIP_NORM] = config.opt.clip_grad_norm
+    keys.update(task.hyperparameters)
+    for key, value in keys.items():
         log.event(key, value)
     log.event(mllog.NUM_PARAMETERS, num_parameters)
     log.event(mllog.TARGET, config.training.target, metadata={

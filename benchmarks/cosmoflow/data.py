@@ -1,0 +1,229 @@
+"""CosmoFlow samples in both official on-disk layouts, and a learnable synthetic dataset.
+
+Layout: ``<data_dir>/train/`` and ``<data_dir>/validation/``, one sample per file:
+
+- ``data.format: tfrecord``: ``*.tfrecord`` files (gzip-compressed or not; detected from the
+  bytes), each holding one ``tf.train.Example`` with ``x`` (bytes: int16 little-endian
+  [128, 128, 128, 4]) and ``y`` (4 floats), as written by the MLPerf HPC ``prepare.py``;
+- ``data.format: hdf5``: ``*.h5`` / ``*.hdf5`` files with datasets ``x`` (int16
+  [128, 128, 128, 4]) and ``y`` (float32 [4]).
+
+Each sample becomes ``log(x + 1)`` (or ``x / mean(x)`` with ``apply_log: false``, as the
+reference), channels first. ``crop_size`` keeps the leading ``crop_size^3`` corner (HDF5 reads
+only that hyperslab) and ``downsample`` averages ``downsample^3`` blocks, so the smoke model
+runs on real-sized files. File lists are sorted, then cut to ``train_subset`` /
+``eval_subset``; the loader's sampler gives each rank its own share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from benchmarks.core.config import DataConfig
+from benchmarks.core.data import h5_dataset, require_dir, select_files
+from benchmarks.core.errors import ConfigError, InputError
+from benchmarks.cosmoflow.tfrecord import encode_example, iter_records, parse_example, write_records
+
+VOLUME_EDGE = 128
+CHANNELS = 4
+TARGETS = 4
+SAMPLE_SHAPE = (VOLUME_EDGE, VOLUME_EDGE, VOLUME_EDGE, CHANNELS)
+SPLITS = {"train": "train", "eval": "validation"}
+PATTERNS = {
+    "tfrecord": ("*.tfrecord", "*.tfrecords", "*.tfrecord.gz", "*.tfrecord.gzip"),
+    "hdf5": ("*.h5", "*.hdf5"),
+}
+
+
+@dataclass
+class CosmoFlowDataConfig(DataConfig):
+    """CosmoFlow's data keys: the file format and the (smoke-time) volume reduction.
+
+    ``crop_size`` 0 keeps the whole 128^3 volume; ``downsample`` 1 keeps every voxel.
+    """
+
+    format: Literal["tfrecord", "hdf5"] = "tfrecord"
+    apply_log: bool = True
+    crop_size: int = 0
+    downsample: int = 1
+
+
+def input_edge(cfg: CosmoFlowDataConfig) -> int:
+    """Edge of the cubes the loader delivers, after crop and downsampling."""
+    crop = cfg.crop_size or VOLUME_EDGE
+    if not 0 < crop <= VOLUME_EDGE:
+        raise ConfigError(f"config key 'data.crop_size': must be 0 or 1..{VOLUME_EDGE}, "
+                          f"got {cfg.crop_size}")
+    if cfg.downsample < 1 or crop % cfg.downsample:
+        raise ConfigError(f"config key 'data.downsample': must be a positive divisor of the "
+                          f"crop edge {crop}, got {cfg.downsample}")
+    return crop // cfg.downsample
+
+
+class CosmoFlowDataset(Dataset):
+    """(volume float32 [4, E, E, E], target float32 [4]) per file, read on access."""
+
+    def __init__(self, files: list[Path], fmt: str, apply_log: bool = True, crop_size: int = 0,
+                 downsample: int = 1) -> None:
+        self.files = files
+        self.format = fmt
+        self.apply_log = apply_log
+        self.crop = crop_size or VOLUME_EDGE
+        self.downsample = downsample
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.files[index]
+        reader = read_tfrecord_sample if self.format == "tfrecord" else read_hdf5_sample
+        counts, target = reader(path, self.crop)
+        return self._preprocess(counts), torch.from_numpy(target)
+
+    def _preprocess(self, counts: np.ndarray) -> torch.Tensor:
+        volume = counts.astype(np.float32)
+        if self.apply_log:
+            np.log1p(volume, out=volume)
+        else:
+            volume /= max(float(volume.mean()), np.finfo(np.float32).tiny)
+        tensor = torch.from_numpy(np.ascontiguousarray(volume.transpose(3, 0, 1, 2)))
+        if self.downsample > 1:
+            tensor = torch.nn.functional.avg_pool3d(tensor, self.downsample)
+        return tensor
+
+
+def read_tfrecord_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[np.ndarray, np.ndarray]:
+    """int16 counts [crop, crop, crop, 4] and float32 targets [4] of one TFRecord file."""
+    records = list(iter_records(path))
+    if len(records) != 1:
+        raise InputError(f"{path}: expected one record (one sample per file), "
+                         f"found {len(records)}")
+    try:
+        example = parse_example(records[0])
+    except ValueError as err:
+        raise InputError(f"{path}: {err}") from None
+    for key in ("x", "y"):
+        if key not in example:
+            raise InputError(f"{path}: tf.train.Example has no feature '{key}'")
+    x, y = example["x"], example["y"]
+    if not isinstance(x, list) or len(x) != 1:
+        raise InputError(f"{path}: feature 'x' must be a bytes_list with one value")
+    expected = int(np.prod(SAMPLE_SHAPE)) * 2
+    if len(x[0]) != expected:
+        raise InputError(f"{path}: feature 'x' has {len(x[0])} bytes, expected {expected} "
+                         f"(int16 {list(SAMPLE_SHAPE)})")
+    if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.shape != (TARGETS,):
+        raise InputError(f"{path}: feature 'y' must be a float_list of {TARGETS} values")
+    counts = np.frombuffer(x[0], dtype="<i2").reshape(SAMPLE_SHAPE)
+    return counts[:crop, :crop, :crop], y.copy()
+
+
+def read_hdf5_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[np.ndarray, np.ndarray]:
+    """int16 counts [crop, crop, crop, 4] and float32 targets [4] of one HDF5 file."""
+    try:
+        with h5py.File(path, "r") as handle:
+            x, y = h5_dataset(handle, "x", path), h5_dataset(handle, "y", path)
+            if x.shape != SAMPLE_SHAPE or not np.issubdtype(x.dtype, np.integer):
+                raise InputError(f"{path}: dataset 'x' is {x.dtype} {list(x.shape)}, expected "
+                                 f"int16 {list(SAMPLE_SHAPE)}")
+            if y.shape != (TARGETS,):
+                raise InputError(f"{path}: dataset 'y' has shape {list(y.shape)}, expected "
+                                 f"[{TARGETS}]")
+            return x[:crop, :crop, :crop], y[()].astype(np.float32)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read HDF5 file ({err})") from None
+
+
+def split_files(cfg: CosmoFlowDataConfig, split: str) -> list[Path]:
+    """Sorted files of one split ("train" or "eval"), cut to the configured subset."""
+    root = require_dir(cfg.data_dir, "CosmoFlow data_dir")
+    folder = require_dir(root / SPLITS[split], f"CosmoFlow {SPLITS[split]} split")
+    subset = cfg.train_subset if split == "train" else cfg.eval_subset
+    return select_files(folder, PATTERNS[cfg.format], f"CosmoFlow {cfg.format}", subset,
+                        f"data.{split}_subset")
+
+
+def build_datasets(cfg: CosmoFlowDataConfig) -> tuple[CosmoFlowDataset, CosmoFlowDataset]:
+    """Training and validation datasets; reads one sample of each now so that a wrong layout
+    fails before training starts."""
+    input_edge(cfg)
+    datasets = tuple(
+        CosmoFlowDataset(split_files(cfg, split), cfg.format, cfg.apply_log, cfg.crop_size,
+                         cfg.downsample)
+        for split in ("train", "eval"))
+    for dataset in datasets:
+        dataset[0]
+    return datasets
+
+
+# --- synthetic data ---------------------------------------------------------------------------
+
+SYNTH_BASE_LOG_DENSITY = 1.0
+SYNTH_PARAMETER_GAIN = 1.0
+SYNTH_STRUCTURE_GAIN = 0.6
+SYNTH_STRUCTURE_CELLS = 32
+
+
+def synthesize(outdir: Path, samples: int, seed: int) -> None:
+    """Write ``samples`` training and ``max(2, samples // 4)`` validation samples in BOTH layouts:
+    ``<outdir>/{train,validation}/cosmo_NNNNNN.tfrecord`` (gzip) and ``.h5``, same content.
+
+    Targets are uniform in [-0.9, 0.9]. Channel ``c`` holds Poisson counts whose log-density is
+    ``1 + y[c]`` plus a smooth random structure shared by the channels, so the parameters are
+    recoverable from the volume (learnable) but every sample looks different.
+    """
+    outdir = Path(outdir)
+    splits = {"train": samples, "validation": max(2, samples // 4)}
+    with tqdm(total=sum(splits.values()), desc=f"cosmoflow synth -> {outdir}",
+              unit="sample") as progress:
+        for split_index, (split, count) in enumerate(splits.items()):
+            folder = outdir / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                rng = np.random.default_rng([seed, split_index, index])
+                counts, target = synthetic_sample(rng)
+                write_sample(folder / f"cosmo_{index:06d}", counts, target)
+                progress.update()
+
+
+def synthetic_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One learnable (int16 counts [128,128,128,4], float32 targets [4]) pair."""
+    target = rng.uniform(-0.9, 0.9, TARGETS).astype(np.float32)
+    cells = rng.standard_normal((SYNTH_STRUCTURE_CELLS,) * 3, dtype=np.float32)
+    structure = torch.nn.functional.interpolate(
+        torch.from_numpy(cells)[None, None], size=(VOLUME_EDGE,) * 3, mode="trilinear",
+        align_corners=False)[0, 0].numpy()
+    log_density = (SYNTH_BASE_LOG_DENSITY + SYNTH_PARAMETER_GAIN * target[None, None, None, :]
+                   + SYNTH_STRUCTURE_GAIN * structure[..., None])
+    counts = rng.poisson(np.exp(log_density)).astype("<i2")
+    return counts, target
+
+
+def write_sample(stem: Path, counts: np.ndarray, target: np.ndarray) -> None:
+    """``stem``.tfrecord (gzip, one tf.train.Example) and ``stem``.h5 holding the same sample."""
+    record = encode_example({"x": counts.astype("<i2").tobytes(),
+                             "y": target.astype(np.float32)})
+    _atomic(stem.with_suffix(".tfrecord"), lambda tmp: write_records(tmp, [record],
+                                                                      compresslevel=1))
+
+    def write_hdf5(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("x", data=counts.astype(np.int16))
+            handle.create_dataset("y", data=target.astype(np.float32))
+
+    _atomic(stem.with_suffix(".h5"), write_hdf5)
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary name so an interrupted run leaves no half-written sample."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)

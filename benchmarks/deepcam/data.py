@@ -1,0 +1,283 @@
+"""DeepCAM climate segmentation samples in the MLPerf HPC HDF5 layout, and a synthetic dataset.
+
+Layout: ``<data_dir>/train/*.h5`` and ``<data_dir>/validation/*.h5``, one sample per file,
+each with ``climate/data`` (float32 [768, 1152, 16], height x width x channels) and
+``climate/labels_0`` ([768, 1152], classes 0 background, 1 atmospheric river, 2 tropical
+cyclone); ``<data_dir>/stats.h5`` holds ``climate/{count,mean,sqmean,minval,maxval}`` over
+the training set. Each sample is normalised with ``(x - minval) / (maxval - minval)`` and
+transposed to channels first, as in the reference ``CamDataset``.
+
+For smoke runs ``crop_height`` / ``crop_width`` keep the top-left corner (only that hyperslab
+is read) and ``downsample`` averages ``downsample x downsample`` blocks of the data and takes
+the label of the pixel at each block's centre. File lists are sorted, then cut to ``train_subset`` /
+``eval_subset``; the loader's sampler gives each rank its own share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from benchmarks.core.config import DataConfig
+from benchmarks.core.data import h5_dataset, require_dir, select_files
+from benchmarks.core.errors import ConfigError, InputError
+from benchmarks.deepcam.model import OUTPUT_STRIDE
+
+HEIGHT, WIDTH, CHANNELS = 768, 1152, 16
+NUM_CLASSES = 3
+SPLITS = {"train": "train", "eval": "validation"}
+PATTERNS = ("*.h5",)
+DATA_KEY = "climate/data"
+LABEL_KEY = "climate/labels_0"
+
+
+@dataclass
+class DeepCAMDataConfig(DataConfig):
+    """DeepCAM's data keys: the statistics file and the (smoke-time) image reduction.
+
+    ``stats_file`` is relative to ``data_dir`` unless absolute. A crop of 0 keeps the full
+    height or width; ``downsample`` 1 keeps every pixel. The delivered height and width must
+    be multiples of 16 (the network's output stride).
+    """
+
+    stats_file: str = "stats.h5"
+    crop_height: int = 0
+    crop_width: int = 0
+    downsample: int = 1
+
+
+def input_shape(cfg: DeepCAMDataConfig) -> tuple[int, int]:
+    """(height, width) of the images the loader delivers, after crop and downsampling."""
+    shape = []
+    for key, full in (("crop_height", HEIGHT), ("crop_width", WIDTH)):
+        value = getattr(cfg, key)
+        if not 0 <= value <= full:
+            raise ConfigError(f"config key 'data.{key}': must be 0 or 1..{full}, got {value}")
+        crop = value or full
+        if cfg.downsample < 1 or crop % cfg.downsample:
+            raise ConfigError(f"config key 'data.downsample': must be a positive divisor of "
+                              f"{crop} (data.{key}), got {cfg.downsample}")
+        if (crop // cfg.downsample) % OUTPUT_STRIDE:
+            raise ConfigError(f"config key 'data.{key}': {crop} / downsample {cfg.downsample} "
+                              f"must be a multiple of {OUTPUT_STRIDE}")
+        shape.append(crop // cfg.downsample)
+    return shape[0], shape[1]
+
+
+def read_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(minval, maxval) per channel from ``stats.h5``."""
+    if not path.is_file():
+        raise InputError(f"{path}: DeepCAM statistics file not found")
+    try:
+        with h5py.File(path, "r") as handle:
+            values = []
+            for key in ("climate/minval", "climate/maxval"):
+                node = handle.get(key)
+                if not isinstance(node, h5py.Dataset) or node.shape != (CHANNELS,):
+                    raise InputError(f"{path}: needs dataset '{key}' of shape [{CHANNELS}]")
+                values.append(node[()].astype(np.float32))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read HDF5 file ({err})") from None
+    minval, maxval = values
+    if not np.all(maxval > minval):
+        raise InputError(f"{path}: climate/maxval must exceed climate/minval in every channel")
+    return minval, maxval
+
+
+class DeepCAMDataset(Dataset):
+    """(data float32 [16, H, W], labels int64 [H, W]) per file, read on access."""
+
+    def __init__(self, files: list[Path], minval: np.ndarray, maxval: np.ndarray,
+                 crop_height: int = 0, crop_width: int = 0, downsample: int = 1) -> None:
+        self.files = files
+        self.shift = minval.astype(np.float32)
+        self.scale = (1.0 / (maxval - minval)).astype(np.float32)
+        self.crop = (crop_height or HEIGHT, crop_width or WIDTH)
+        self.downsample = downsample
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data, labels = read_sample(self.files[index], self.crop)
+        factor = self.downsample
+        if factor > 1:
+            data = block_mean(data, factor)
+            labels = labels[factor // 2::factor, factor // 2::factor]
+        # Normalise while transposing: one pass writes the channels-first copy.
+        image = np.empty((CHANNELS, *data.shape[:2]), np.float32)
+        np.subtract(data.transpose(2, 0, 1), self.shift[:, None, None], out=image)
+        image *= self.scale[:, None, None]
+        return torch.from_numpy(image), torch.from_numpy(labels.astype(np.int64))
+
+
+def block_mean(data: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each ``factor x factor`` block of an [H, W, C] array, reducing along contiguous
+    memory (rows first, then columns), which is several times faster than a pooling op on the
+    transposed array. Averaging before the min/max normalisation gives the same result."""
+    height, width, channels = data.shape
+    rows = data.reshape(height // factor, factor, width * channels).sum(axis=1,
+                                                                         dtype=np.float32)
+    blocks = rows.reshape(height // factor, width // factor, factor, channels).sum(axis=2)
+    blocks /= factor * factor
+    return blocks
+
+
+def read_sample(path: Path, crop: tuple[int, int] = (HEIGHT, WIDTH)) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """float32 data [h, w, 16] and integer labels [h, w] of the top-left ``crop`` of one file."""
+    height, width = crop
+    try:
+        with h5py.File(path, "r") as handle:
+            data, labels = h5_dataset(handle, DATA_KEY, path), h5_dataset(handle, LABEL_KEY, path)
+            if data.shape != (HEIGHT, WIDTH, CHANNELS):
+                raise InputError(f"{path}: '{DATA_KEY}' has shape {list(data.shape)}, expected "
+                                 f"[{HEIGHT}, {WIDTH}, {CHANNELS}]")
+            if labels.shape != (HEIGHT, WIDTH):
+                raise InputError(f"{path}: '{LABEL_KEY}' has shape {list(labels.shape)}, "
+                                 f"expected [{HEIGHT}, {WIDTH}]")
+            values = data[:height, :width].astype(np.float32, copy=False)
+            classes = labels[:height, :width]
+    except OSError as err:
+        raise InputError(f"{path}: cannot read HDF5 file ({err})") from None
+    if classes.size and (classes.min() < 0 or classes.max() >= NUM_CLASSES):
+        raise InputError(f"{path}: '{LABEL_KEY}' has values outside 0..{NUM_CLASSES - 1}")
+    return values, classes
+
+
+def split_files(cfg: DeepCAMDataConfig, split: str) -> list[Path]:
+    """Sorted files of one split ("train" or "eval"), cut to the configured subset."""
+    root = require_dir(cfg.data_dir, "DeepCAM data_dir")
+    folder = require_dir(root / SPLITS[split], f"DeepCAM {SPLITS[split]} split")
+    subset = cfg.train_subset if split == "train" else cfg.eval_subset
+    return select_files(folder, PATTERNS, "DeepCAM HDF5", subset, f"data.{split}_subset")
+
+
+def build_datasets(cfg: DeepCAMDataConfig) -> tuple[DeepCAMDataset, DeepCAMDataset]:
+    """Training and validation datasets; reads one sample of each now so that a wrong layout
+    fails before training starts."""
+    input_shape(cfg)
+    root = require_dir(cfg.data_dir, "DeepCAM data_dir")
+    stats = Path(cfg.stats_file)
+    minval, maxval = read_stats(stats if stats.is_absolute() else root / stats)
+    datasets = tuple(
+        DeepCAMDataset(split_files(cfg, split), minval, maxval, cfg.crop_height,
+                       cfg.crop_width, cfg.downsample)
+        for split in ("train", "eval"))
+    for dataset in datasets:
+        dataset[0]
+    return datasets
+
+
+# --- synthetic data ---------------------------------------------------------------------------
+
+# Per-channel physical offset and spread, so that min/max normalisation has work to do
+# (pressures near 1e5 Pa next to humidities near 1e-2).
+SYNTH_OFFSETS = np.array([1.0e5, 2.8e2, 1.0e-2, 5.0, 1.0e5, 2.6e2, 3.0e1, 0.0,
+                          1.0e3, 2.5e2, 1.0e-3, 1.0e1, 5.0e4, 2.9e2, 0.5, 1.0e2], np.float32)
+SYNTH_SPREADS = np.array([1.0e3, 1.0e1, 5.0e-3, 2.0, 5.0e2, 8.0, 1.0e1, 1.0,
+                          1.0e2, 5.0, 5.0e-4, 3.0, 1.0e3, 6.0, 0.2, 2.0e1], np.float32)
+RIVER_CHANNELS = (0, 2, 6)
+CYCLONE_CHANNELS = (1, 4, 12)
+SYNTH_SIGNAL = 3.0
+SYNTH_SMOOTH_NOISE = 0.5
+SYNTH_PIXEL_NOISE = 0.5
+
+
+def synthesize(outdir: Path, samples: int, seed: int) -> None:
+    """Write ``samples`` training and ``max(2, samples // 4)`` validation files
+    ``<outdir>/{train,validation}/data-NNNNNN.h5`` and ``<outdir>/stats.h5`` over the training
+    files, in the real layout and sizes.
+
+    Each image holds one or two elongated "atmospheric rivers" (class 1) and one to three
+    round "cyclones" (class 2) on background; three channels rise inside rivers, three others
+    fall inside cyclones, under smooth and pixel noise, so the classes are learnable.
+    """
+    outdir = Path(outdir)
+    splits = {"train": samples, "validation": max(2, samples // 4)}
+    accumulator = _StatsAccumulator()
+    with tqdm(total=sum(splits.values()), desc=f"deepcam synth -> {outdir}",
+              unit="sample") as progress:
+        for split_index, (split, count) in enumerate(splits.items()):
+            folder = outdir / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                rng = np.random.default_rng([seed, split_index, index])
+                data, labels = synthetic_sample(rng)
+                write_sample(folder / f"data-{index:06d}.h5", data, labels)
+                if split == "train":
+                    accumulator.add(data)
+                progress.update()
+    accumulator.write(outdir / "stats.h5")
+
+
+def synthetic_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One learnable (float32 data [768, 1152, 16], int32 labels [768, 1152]) pair."""
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    labels = np.zeros((HEIGHT, WIDTH), np.int32)
+    for _ in range(rng.integers(1, 3)):
+        centre_r, centre_c = rng.uniform(100, HEIGHT - 100), rng.uniform(150, WIDTH - 150)
+        angle = rng.uniform(0, np.pi)
+        along = (cols - centre_c) * np.cos(angle) + (rows - centre_r) * np.sin(angle)
+        across = -(cols - centre_c) * np.sin(angle) + (rows - centre_r) * np.cos(angle)
+        length, width = rng.uniform(250, 450), rng.uniform(60, 110)
+        labels[(along / length) ** 2 + (across / width) ** 2 <= 1] = 1
+    for _ in range(rng.integers(1, 4)):
+        centre_r, centre_c = rng.uniform(0, HEIGHT), rng.uniform(0, WIDTH)
+        radius = rng.uniform(70, 140)
+        labels[(rows - centre_r) ** 2 + (cols - centre_c) ** 2 <= radius ** 2] = 2
+    coarse = torch.from_numpy(rng.standard_normal((1, CHANNELS, 12, 18), dtype=np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(HEIGHT, WIDTH), mode="bilinear",
+                                             align_corners=False)[0].permute(1, 2, 0).numpy()
+    field = SYNTH_SMOOTH_NOISE * smooth + SYNTH_PIXEL_NOISE * rng.standard_normal(
+        (HEIGHT, WIDTH, CHANNELS), dtype=np.float32)
+    field[..., list(RIVER_CHANNELS)] += SYNTH_SIGNAL * (labels == 1)[..., None]
+    field[..., list(CYCLONE_CHANNELS)] -= SYNTH_SIGNAL * (labels == 2)[..., None]
+    data = SYNTH_OFFSETS + SYNTH_SPREADS * field
+    return data.astype(np.float32), labels
+
+
+def write_sample(path: Path, data: np.ndarray, labels: np.ndarray) -> None:
+    """One ``climate/data`` + ``climate/labels_0`` file, written under a temporary name."""
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as handle:
+        group = handle.create_group("climate")
+        group.create_dataset("data", data=data.astype(np.float32))
+        group.create_dataset("labels_0", data=labels)
+    tmp.replace(path)
+
+
+class _StatsAccumulator:
+    """Per-channel count, mean, mean of squares, min and max over the training files."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums = np.zeros(CHANNELS, np.float64)
+        self.squares = np.zeros(CHANNELS, np.float64)
+        self.minval = np.full(CHANNELS, np.inf, np.float64)
+        self.maxval = np.full(CHANNELS, -np.inf, np.float64)
+
+    def add(self, data: np.ndarray) -> None:
+        values = data.reshape(-1, CHANNELS).astype(np.float64)
+        self.count += 1
+        self.sums += values.mean(axis=0)
+        self.squares += np.square(values).mean(axis=0)
+        self.minval = np.minimum(self.minval, values.min(axis=0))
+        self.maxval = np.maximum(self.maxval, values.max(axis=0))
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as handle:
+            group = handle.create_group("climate")
+            group["count"] = self.count
+            group["mean"] = (self.sums / max(self.count, 1)).astype(np.float32)
+            group["sqmean"] = (self.squares / max(self.count, 1)).astype(np.float32)
+            group["minval"] = self.minval.astype(np.float32)
+            group["maxval"] = self.maxval.astype(np.float32)
+        tmp.replace(path)

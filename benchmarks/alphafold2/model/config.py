@@ -1,0 +1,154 @@
+"""Configuration of the AlphaFold2 model as nested dataclasses.
+
+``AlphaFoldConfig()`` is the "initial training" model of AF2 suppl. Table 4 with OpenFold's
+channel choices (93,229,082 parameters, the count the MLPerf HPC OpenFold benchmark checks).
+The ``model`` section of a benchmark YAML is validated into it by ``benchmarks.core.config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class InputEmbedderConfig:
+    tf_dim: int = 22  # target_feat: domain-break flag + aatype one-hot (21)
+    msa_dim: int = 49  # msa_feat: one-hot (23), has/value deletion, cluster profile (23), mean
+    relpos_k: int = 32
+
+
+@dataclass
+class RecyclingConfig:
+    min_bin: float = 3.25
+    max_bin: float = 20.75
+    no_bins: int = 15
+    inf: float = 1e8
+
+
+@dataclass
+class PairStackConfig:
+    """Triangle updates + pair transition, shared by the template stack and the trunk."""
+
+    c_hidden_tri_att: int = 16
+    c_hidden_tri_mul: int = 64
+    no_heads: int = 4
+    transition_n: int = 2
+    dropout: float = 0.25
+
+
+@dataclass
+class TemplateConfig:
+    enabled: bool = True
+    embed_angles: bool = True
+    angle_dim: int = 57
+    pair_dim: int = 88
+    distogram_min_bin: float = 3.25
+    distogram_max_bin: float = 50.75
+    distogram_no_bins: int = 39
+    use_unit_vector: bool = False
+    no_blocks: int = 2
+    pair_stack: PairStackConfig = field(default_factory=PairStackConfig)
+    pointwise_c_hidden: int = 16
+    pointwise_no_heads: int = 4
+    inf: float = 1e5
+    eps: float = 1e-6
+
+
+@dataclass
+class MSAStackConfig:
+    """An Evoformer-style stack (the trunk, or the extra-MSA stack with global attention)."""
+
+    no_blocks: int = 48
+    c_hidden_msa_att: int = 32
+    c_hidden_opm: int = 32
+    c_hidden_mul: int = 128
+    c_hidden_pair_att: int = 32
+    no_heads_msa: int = 8
+    no_heads_pair: int = 4
+    transition_n: int = 4
+    msa_dropout: float = 0.15
+    pair_dropout: float = 0.25
+    inf: float = 1e9
+    eps: float = 1e-8
+
+
+def _extra_msa_stack() -> MSAStackConfig:
+    return MSAStackConfig(no_blocks=4, c_hidden_msa_att=8)
+
+
+@dataclass
+class ExtraMSAConfig:
+    enabled: bool = True
+    feat_dim: int = 25  # one-hot (23), has deletion, deletion value
+    stack: MSAStackConfig = field(default_factory=_extra_msa_stack)
+
+
+@dataclass
+class StructureModuleConfig:
+    c_ipa: int = 16
+    c_resnet: int = 128
+    no_heads_ipa: int = 12
+    no_qk_points: int = 4
+    no_v_points: int = 8
+    dropout: float = 0.1
+    no_blocks: int = 8
+    no_transition_layers: int = 1
+    no_resnet_blocks: int = 2
+    no_angles: int = 7
+    trans_scale_factor: float = 10.0
+    epsilon: float = 1e-8
+    inf: float = 1e5
+
+
+@dataclass
+class HeadsConfig:
+    plddt_bins: int = 50
+    plddt_c_hidden: int = 128
+    distogram_bins: int = 64
+    masked_msa_classes: int = 23
+    experimentally_resolved_atoms: int = 37
+    tm_enabled: bool = False
+    tm_bins: int = 64
+
+
+@dataclass
+class AlphaFoldConfig:
+    c_m: int = 256
+    c_z: int = 128
+    c_t: int = 64
+    c_e: int = 64
+    c_s: int = 384
+    input_embedder: InputEmbedderConfig = field(default_factory=InputEmbedderConfig)
+    recycling: RecyclingConfig = field(default_factory=RecyclingConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    extra_msa: ExtraMSAConfig = field(default_factory=ExtraMSAConfig)
+    evoformer: MSAStackConfig = field(default_factory=MSAStackConfig)
+    structure_module: StructureModuleConfig = field(default_factory=StructureModuleConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    # Memory/speed options; they do not change the maths.
+    chunk_size: int | None = None  # attention queries per chunk; None = all at once
+    checkpoint_blocks: bool = False  # activation checkpointing per Evoformer/extra/template block
+    use_sdpa: bool = True  # torch scaled_dot_product_attention instead of explicit softmax
+
+    @classmethod
+    def initial_training(cls) -> AlphaFoldConfig:
+        """AF2 "initial training" (suppl. Table 4): 93,229,082 parameters."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> AlphaFoldConfig:
+        """Every module present, few blocks and narrow channels: unit tests and CPU smoke runs."""
+        small_stack = {"c_hidden_msa_att": 4, "c_hidden_opm": 4, "c_hidden_mul": 8,
+                       "c_hidden_pair_att": 4, "no_heads_msa": 2, "no_heads_pair": 2,
+                       "transition_n": 2}
+        return cls(
+            c_m=16, c_z=16, c_t=8, c_e=8, c_s=16,
+            template=TemplateConfig(
+                no_blocks=1, pointwise_c_hidden=4, pointwise_no_heads=2,
+                pair_stack=PairStackConfig(c_hidden_tri_att=4, c_hidden_tri_mul=8, no_heads=2)),
+            extra_msa=ExtraMSAConfig(stack=MSAStackConfig(no_blocks=1, **small_stack)),
+            evoformer=MSAStackConfig(no_blocks=2, **small_stack),
+            structure_module=StructureModuleConfig(
+                c_ipa=4, c_resnet=8, no_heads_ipa=2, no_qk_points=2, no_v_points=2, no_blocks=2),
+            heads=HeadsConfig(plddt_c_hidden=8),
+        )

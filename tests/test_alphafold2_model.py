@@ -1,0 +1,128 @@
+"""AlphaFold2 model: parameter count, forward/backward, memory options, config parsing."""
+
+import pytest
+import torch
+
+from benchmarks.alphafold2.losses import AlphaFoldLoss
+from benchmarks.alphafold2.model import AlphaFold, AlphaFoldConfig
+from benchmarks.alphafold2.synthetic import random_batch
+
+N_RES = 16
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    """The CI machine has two shared cores; one torch thread keeps these tests fast."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_initial_training_model_has_mlperf_parameter_count():
+    with torch.device("meta"):
+        model = AlphaFold(AlphaFoldConfig.initial_training())
+    assert sum(p.numel() for p in model.parameters()) == 93_229_082
+
+
+def test_parameter_count_depends_on_the_configuration():
+    config = AlphaFoldConfig()
+    config.heads.tm_enabled = True  # the pTM head adds Linear(c_z, 64)
+    with torch.device("meta"):
+        model = AlphaFold(config)
+    assert sum(p.numel() for p in model.parameters()) == 93_229_082 + 128 * 64 + 64
+
+
+def test_tiny_forward_backward_on_random_batch():
+    torch.manual_seed(0)
+    model = AlphaFold(AlphaFoldConfig.tiny())
+    batch = random_batch(n_res=N_RES, n_seq=4, n_extra=8, n_templates=2, seed=1)
+    outputs = model(batch, num_recycles=1)
+
+    assert outputs["final_atom_positions"].shape == (N_RES, 37, 3)
+    assert outputs["sm"]["frames"].shape == (2, N_RES, 4, 4)  # one per structure layer
+    assert outputs["sm"]["positions"].shape == (2, N_RES, 14, 3)
+    assert outputs["distogram_logits"].shape == (N_RES, N_RES, 64)
+    assert outputs["masked_msa_logits"].shape == (4, N_RES, 23)  # template rows dropped
+    assert outputs["plddt"].shape == (N_RES,)
+
+    loss, components = AlphaFoldLoss().compute(outputs, batch)
+    assert torch.isfinite(loss)
+    assert set(components) >= {"backbone_fape", "sidechain_fape", "supervised_chi",
+                               "distogram", "masked_msa", "plddt", "loss"}
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_batch_dimension_matches_unbatched_run():
+    torch.manual_seed(0)
+    model = AlphaFold(AlphaFoldConfig.tiny()).eval()
+    batch = random_batch(n_res=10, seed=2)
+    batched = {key: value.unsqueeze(0).expand(2, *value.shape) for key, value in batch.items()}
+    with torch.no_grad():
+        single = model(batch)["final_atom_positions"]
+        double = model(batched)["final_atom_positions"]
+    torch.testing.assert_close(double[0], single, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(double[1], single, atol=1e-4, rtol=1e-4)
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    """Replace the zero 'final' initialisations so every branch contributes."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+
+
+def test_memory_options_do_not_change_results():
+    model = AlphaFold(AlphaFoldConfig.tiny()).eval()
+    _randomise(model)
+    batch = random_batch(n_res=12, seed=4)
+    with torch.no_grad():
+        model.set_memory_options(chunk_size=None, use_sdpa=False, checkpoint_blocks=False)
+        reference = model(batch, num_recycles=1)
+        model.set_memory_options(chunk_size=5, use_sdpa=True, checkpoint_blocks=True)
+        variant = model(batch, num_recycles=1)
+    for key in ("final_atom_positions", "distogram_logits", "masked_msa_logits"):
+        torch.testing.assert_close(variant[key], reference[key], atol=1e-4, rtol=1e-4)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = AlphaFold(AlphaFoldConfig.tiny()).eval()  # eval: no dropout randomness
+    _randomise(model)
+    batch = random_batch(n_res=8, seed=5)
+    loss_fn = AlphaFoldLoss()
+
+    def gradients(checkpoint_blocks: bool) -> list[torch.Tensor]:
+        model.zero_grad()
+        model.set_memory_options(None, True, checkpoint_blocks)
+        loss_fn(model(batch), batch).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for plain, checkpointed in zip(gradients(False), gradients(True), strict=True):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_recycling_feeds_back_into_the_next_iteration():
+    model = AlphaFold(AlphaFoldConfig.tiny()).eval()
+    _randomise(model)
+    batch = random_batch(n_res=8, seed=6)
+    with torch.no_grad():
+        once = model(batch, num_recycles=0)["final_atom_positions"]
+        twice = model(batch, num_recycles=1)["final_atom_positions"]
+        as_list = model([batch, batch])["final_atom_positions"]
+    assert not torch.allclose(once, twice)
+    torch.testing.assert_close(as_list, twice)
+
+
+def test_model_runs_without_templates_and_extra_msa():
+    config = AlphaFoldConfig.tiny()
+    config.template.enabled = False
+    config.extra_msa.enabled = False
+    model = AlphaFold(config)
+    batch = random_batch(n_res=8, n_templates=0, seed=7)
+    loss = AlphaFoldLoss()(model(batch), batch)
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -1,4 +1,4 @@
-"""BERT-Large on the MLPerf Wikipedia shards (``benchmarks/bert_large``), trained to its MLM accuracy."""
+"""BERT-Large on the MLPerf Wikipedia shards (``benchmarks/bert_large``), to its MLM accuracy."""
 
 import reframe as rfm
 from mlbench_base import MLBenchTest, smoke_data_fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,7 +57,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     spec = load_spec(args.benchmark)
+    samples = args.samples if args.samples else spec.default_samples
+    if samples <= 0:
+        raise ConfigError(f"--samples: must be positive, got {samples}")
     outdir = Path(args.outdir)
+    created = not outdir.exists()
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         probe = outdir / ".mlbench-write-test"
@@ -64,10 +69,12 @@ def _synth(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{outdir}: output folder not writable ({err.strerror})") from None
-    samples = args.samples if args.samples else spec.default_samples
-    if samples <= 0:
-        raise ConfigError(f"--samples: must be positive, got {samples}")
-    spec.synthesize(outdir, samples, args.seed)
+    try:
+        spec.synthesize(outdir, samples, args.seed)
+    except BaseException:
+        if created:
+            shutil.rmtree(outdir, ignore_errors=True)
+        raise
     print(f"wrote {spec.name} dataset ({samples} training samples) to {outdir}")
     return 0
 

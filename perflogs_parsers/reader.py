@@ -160,24 +160,44 @@ def _read_one(path: Path, report: ReadReport) -> pd.DataFrame | None:
         report.skipped_files.append((str(path), 'header names no performance variables'))
         return None
 
-    try:
-        table, times, malformed = _parse(path, layout)
-    except pa.ArrowInvalid as err:
-        if 'invalid UTF8' not in str(err):
-            report.skipped_files.append((str(path), f'cannot parse: {err}'))
-            return None
-        source, not_text = _blank_non_utf8_lines(path)
-        table, times, malformed = _parse(path, layout, source)
-        malformed = sorted(malformed + not_text, key=lambda bad: bad.line)
+    parsed = _parse_recovering(path, layout, report)
+    if parsed is None:
+        return None
+    table, times, malformed = parsed
     report.malformed += malformed
     report.records += table.num_rows
     if layout.variable_column is not None:
         has_variable = pc.is_valid(table.column(layout.variable_column))
-        report.records_without_performance += table.num_rows - pc.sum(has_variable).as_py()
+        # The sum of no rows is null, not 0 (a multiline file holding only its header).
+        with_variable = pc.sum(has_variable).as_py() or 0
+        report.records_without_performance += table.num_rows - with_variable
         keep = has_variable.to_numpy(zero_copy_only=False)
         table, times = table.filter(has_variable), times[keep]
 
     return _tidy(table, times, layout, path)
+
+
+def _parse_recovering(path: Path, layout: _Layout, report: ReadReport,
+                      ) -> tuple[pa.Table, np.ndarray, list[MalformedLine]] | None:
+    """:func:`_parse`, retried once for each error a file can recover from: a line longer
+    than Arrow's block (a huge field) gets a block as large as the file, and lines that are
+    not UTF-8 (they break Arrow's text conversion, or its bad-row callback when their field
+    count is wrong too) are blanked and reported. Any other error skips the file, reported."""
+    source, not_text, block_size = None, [], None
+    while True:
+        try:
+            table, times, malformed = _parse(path, layout, source, block_size)
+            return table, times, sorted(malformed + not_text, key=lambda bad: bad.line)
+        except pa.ArrowInvalid as err:
+            if 'straddling object' in str(err) and block_size is None:
+                block_size = path.stat().st_size + 1
+                continue
+            if source is None:
+                source, not_text = _blank_non_utf8_lines(path)
+                if not_text:
+                    continue
+            report.skipped_files.append((str(path), f'cannot parse: {err}'))
+            return None
 
 
 @dataclass
@@ -234,6 +254,7 @@ _TEXT = pa.dictionary(pa.int32(), pa.string())
 _TIME_TEXT = 'job_completion_time'
 _TIME_UNIX = 'job_completion_time_unix'
 _NAT = np.iinfo(np.int64).min
+_MAX_NS = np.iinfo(np.int64).max
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -251,11 +272,12 @@ def _blank_non_utf8_lines(path: Path) -> tuple[io.BytesIO, list[MalformedLine]]:
 
 
 def _parse(path: Path, layout: _Layout, source: io.BytesIO | None = None,
-           ) -> tuple[pa.Table, np.ndarray, list[MalformedLine]]:
+           block_size: int | None = None) -> tuple[pa.Table, np.ndarray, list[MalformedLine]]:
     """Arrow-parse one file into a table plus completion times (ns since the epoch, UTC).
 
     Lines with the wrong number of fields, a non-numeric value or an unreadable time are
-    reported and left out. ``source`` replaces the file's content when given.
+    reported and left out. ``source`` replaces the file's content when given; ``block_size``
+    replaces Arrow's default (it must exceed the longest line).
     """
     numeric = layout.numeric_columns
     column_types = {c: (pa.float64() if c in numeric else _TEXT) for c in layout.columns}
@@ -272,7 +294,8 @@ def _parse(path: Path, layout: _Layout, source: io.BytesIO | None = None,
             source.seek(0)
         return pacsv.read_csv(
             source if source is not None else path,
-            read_options=pacsv.ReadOptions(column_names=layout.columns, skip_rows=1),
+            read_options=pacsv.ReadOptions(column_names=layout.columns, skip_rows=1,
+                                           **({'block_size': block_size} if block_size else {})),
             parse_options=pacsv.ParseOptions(delimiter='|', quote_char=False,
                                              invalid_row_handler=on_invalid_row),
             convert_options=pacsv.ConvertOptions(column_types=types, null_values=NULL_TOKENS,
@@ -312,8 +335,7 @@ def _cast_numbers(table: pa.Table, numeric: list[str], bad_rows: dict[int, str])
     """Cast numeric columns read as text to float, recording rows that hold something else."""
     for name in numeric:
         column = table.column(name)
-        not_numbers = [text for text in pc.unique(column).drop_null().to_pylist()
-                       if not _is_number(text)]
+        not_numbers = _not_numbers(pc.unique(column).drop_null().to_pylist())
         if not_numbers:
             is_bad = pc.fill_null(pc.is_in(column, pa.array(not_numbers)), False)
             for row in np.flatnonzero(is_bad.to_numpy(zero_copy_only=False)):
@@ -366,13 +388,39 @@ def _parse_times(texts: pa.ChunkedArray, bad_rows: dict[int, str]) -> np.ndarray
 
 
 def _parse_time(text: str) -> int:
+    """Nanoseconds since the epoch, or NaT for a text that is not a time or one outside the
+    years that int64 nanoseconds can hold (about 1677 to 2262)."""
     try:
         # Python 3.10 does not read the 'Z' suffix.
         moment = datetime.fromisoformat(text[:-1] + '+00:00' if text.endswith('Z') else text)
-    except ValueError:
+        # A naive datetime is local time; astimezone() applies the local rules, DST included.
+        nanoseconds = (moment.astimezone(timezone.utc) - _EPOCH) // timedelta(microseconds=1) \
+            * 1000
+    except (ValueError, OverflowError):
         return _NAT
-    # A naive datetime is local time; astimezone() applies the local rules, DST included.
-    return (moment.astimezone(timezone.utc) - _EPOCH) // timedelta(microseconds=1) * 1000
+    return nanoseconds if _NAT < nanoseconds <= _MAX_NS else _NAT
+
+
+def _not_numbers(texts: list[str]) -> list[str]:
+    """The texts Arrow does not read as a float. Python's float() rejects most of them
+    cheaply; the few it accepts and Arrow does not ('1_000', non-ASCII digits) are found by
+    asking Arrow, one by one only when the cast of them all fails."""
+    accepted, rejected = [], []
+    for text in texts:
+        (accepted if _is_number(text) else rejected).append(text)
+    try:
+        pc.cast(pa.array(accepted, pa.string()), pa.float64())
+    except pa.ArrowInvalid:
+        rejected += [text for text in accepted if not _arrow_reads_float(text)]
+    return rejected
+
+
+def _arrow_reads_float(text: str) -> bool:
+    try:
+        pc.cast(pa.scalar(text, pa.string()), pa.float64())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _is_number(text: str) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import statistics
 from dataclasses import dataclass, field
 
@@ -312,7 +313,9 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
 
         if self.time_limit is None:
             self.time_limit = DEFAULT_TIME_LIMITS[self.scale]
-        train_command = ['mlbench', *self._train_arguments(data_dir)]
+        # ReFrame joins the command into the job script unquoted: quote what comes from
+        # users (paths with spaces or quotes, -S overrides) so the shell passes it verbatim.
+        train_command = ['mlbench', *map(shlex.quote, self._train_arguments(data_dir))]
         if self.launcher == 'srun':
             self.skip_if(
                 ranks_per_node > 1 and self._partition_launcher() == 'local',

@@ -15,6 +15,7 @@ checkpoint intact. The folder must be on a file system every rank sees.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -80,12 +81,12 @@ class Checkpointer:
         if not state_file.exists() or not rng_file.exists():
             raise InputError(f"{folder}: incomplete checkpoint (no {state_file.name} or "
                              f"{rng_file.name}; was it written with another world size?)")
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        if state["identity"] != self.identity:
+        state = _load(state_file)
+        if state.get("identity") != self.identity:
             raise ConfigError(f"{state_file}: checkpoint of another configuration (saved "
                               f"{state['identity']}, this run {self.identity}); use another "
                               "training.checkpoint_dir")
-        state["rng"] = torch.load(rng_file, map_location="cpu", weights_only=False)
+        state["rng"] = _load(rng_file)
         return state
 
     def save(self, epoch: int, step: int, state: dict[str, Any]) -> Path:
@@ -129,6 +130,17 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """A checkpoint file written by :meth:`Checkpointer.save` (a pickle: trusted files only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise InputError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a checkpoint written by mlbench")
+    return state
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

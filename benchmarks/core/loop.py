@@ -69,16 +69,18 @@ class LoopResult:
 
 def steps_per_epoch(loader: Iterable, cfg: Config) -> int:
     """Optimizer steps in one epoch: configured, or one pass over the loader."""
-    if cfg.training.steps_per_epoch:
-        return cfg.training.steps_per_epoch
     try:
         micro_batches = len(loader)  # type: ignore[arg-type]
     except TypeError:
-        raise ConfigError("config key 'training.steps_per_epoch': must be set for a streaming "
-                          "dataset without a length") from None
+        micro_batches = None
     if micro_batches == 0:
         raise ConfigError("config key 'data.global_batch_size': larger than the training set "
                           "on this rank (no full batch)")
+    if cfg.training.steps_per_epoch:
+        return cfg.training.steps_per_epoch
+    if micro_batches is None:
+        raise ConfigError("config key 'training.steps_per_epoch': must be set for a streaming "
+                          "dataset without a length")
     return math.ceil(micro_batches / cfg.data.gradient_accumulation)
 
 
@@ -329,7 +331,11 @@ class MicroBatches:
 
     def _cycle(self) -> Iterator:
         while True:
+            before = self.passes, self.consumed
             yield from self._remaining_of_pass()
+            if self.consumed == 0 and self.passes == before[0] + 1:
+                raise ConfigError("config key 'data.global_batch_size': larger than the "
+                                  "training set on this rank (a pass gives no full batch)")
 
     def epoch(self, start: int = 0) -> Iterator[tuple[Any, int, int]]:
         """This epoch's micro-batches, from micro-batch ``start`` on (non-zero on resume)."""

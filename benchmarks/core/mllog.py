@@ -19,6 +19,8 @@ from typing import Any
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog import mllog as mllog_impl
 
+from benchmarks.core.errors import ConfigError
+
 THROUGHPUT = "mlbench_throughput"
 TARGET = "mlbench_target"
 PEAK_MEMORY = "mlbench_peak_memory"
@@ -43,7 +45,11 @@ class MLLogger:
             return
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
         if log_file:
-            handlers.append(logging.FileHandler(log_file, mode="w"))
+            try:
+                handlers.append(logging.FileHandler(log_file, mode="w"))
+            except OSError as err:
+                raise ConfigError(f"config key 'training.log_file': cannot write {log_file} "
+                                  f"({err.strerror})") from None
         pylogger = logging.getLogger("mlbench.mllog")
         pylogger.handlers.clear()
         pylogger.propagate = False

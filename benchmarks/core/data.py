@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
+from tqdm import tqdm
 
 from benchmarks.core.distributed import DistEnv
 from benchmarks.core.errors import InputError
@@ -140,6 +141,24 @@ class EvalShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def synthetic_samples(outdir: Path, splits: dict[str, int], benchmark: str,
+                      seed: int) -> Iterator[tuple[str, Path, int, np.random.Generator]]:
+    """(split, folder, index, rng) for each sample a synthetic writer must produce.
+
+    Creates each split's folder, shows one progress bar over all samples, and gives every
+    sample its own generator seeded by (seed, split, index), so a sample does not depend on
+    how many others are written.
+    """
+    with tqdm(total=sum(splits.values()), desc=f"{benchmark} synth -> {outdir}",
+              unit="sample") as progress:
+        for split_index, (split, count) in enumerate(splits.items()):
+            folder = Path(outdir) / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                yield split, folder, index, np.random.default_rng([seed, split_index, index])
+                progress.update()
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:

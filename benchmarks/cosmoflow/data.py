@@ -25,10 +25,9 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from benchmarks.core.config import DataConfig
-from benchmarks.core.data import h5_dataset, require_dir, select_files
+from benchmarks.core.data import h5_dataset, require_dir, select_files, synthetic_samples
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.cosmoflow.tfrecord import encode_example, iter_records, parse_example, write_records
 
@@ -180,18 +179,10 @@ def synthesize(outdir: Path, samples: int, seed: int) -> None:
     ``1 + y[c]`` plus a smooth random structure shared by the channels, so the parameters are
     recoverable from the volume (learnable) but every sample looks different.
     """
-    outdir = Path(outdir)
     splits = {"train": samples, "validation": max(2, samples // 4)}
-    with tqdm(total=sum(splits.values()), desc=f"cosmoflow synth -> {outdir}",
-              unit="sample") as progress:
-        for split_index, (split, count) in enumerate(splits.items()):
-            folder = outdir / split
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                rng = np.random.default_rng([seed, split_index, index])
-                counts, target = synthetic_sample(rng)
-                write_sample(folder / f"cosmo_{index:06d}", counts, target)
-                progress.update()
+    for _, folder, index, rng in synthetic_samples(Path(outdir), splits, "cosmoflow", seed):
+        counts, target = synthetic_sample(rng)
+        write_sample(folder / f"cosmo_{index:06d}", counts, target)
 
 
 def synthetic_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

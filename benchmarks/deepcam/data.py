@@ -22,10 +22,9 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from benchmarks.core.config import DataConfig
-from benchmarks.core.data import h5_dataset, require_dir, select_files
+from benchmarks.core.data import h5_dataset, require_dir, select_files, synthetic_samples
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.deepcam.model import OUTPUT_STRIDE
 
@@ -202,18 +201,11 @@ def synthesize(outdir: Path, samples: int, seed: int) -> None:
     outdir = Path(outdir)
     splits = {"train": samples, "validation": max(2, samples // 4)}
     accumulator = _StatsAccumulator()
-    with tqdm(total=sum(splits.values()), desc=f"deepcam synth -> {outdir}",
-              unit="sample") as progress:
-        for split_index, (split, count) in enumerate(splits.items()):
-            folder = outdir / split
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                rng = np.random.default_rng([seed, split_index, index])
-                data, labels = synthetic_sample(rng)
-                write_sample(folder / f"data-{index:06d}.h5", data, labels)
-                if split == "train":
-                    accumulator.add(data)
-                progress.update()
+    for split, folder, index, rng in synthetic_samples(outdir, splits, "deepcam", seed):
+        data, labels = synthetic_sample(rng)
+        write_sample(folder / f"data-{index:06d}.h5", data, labels)
+        if split == "train":
+            accumulator.add(data)
     accumulator.write(outdir / "stats.h5")
 
 

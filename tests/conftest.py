@@ -7,10 +7,12 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +51,15 @@ def run_mlbench(*args: str, timeout: float = 600, launcher: tuple[str, ...] = ()
     done = subprocess.run(command, cwd=REPO, env=quiet_env(), capture_output=True, text=True,
                           timeout=timeout)
     return Completed(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for in-process tests: the CI machine's two cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

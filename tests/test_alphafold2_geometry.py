@@ -10,14 +10,7 @@ from benchmarks.alphafold2 import residue_constants as rc
 from benchmarks.alphafold2.geometry import Rigid, quat_to_rot, rot_to_quat
 from benchmarks.alphafold2.model.structure_module import InvariantPointAttention
 
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    """The CI machine has two shared cores; one torch thread keeps these tests fast."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_rigid(shape, generator, dtype=torch.float64) -> Rigid:

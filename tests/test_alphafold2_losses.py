@@ -22,14 +22,7 @@ from benchmarks.alphafold2.losses import (
 )
 from benchmarks.alphafold2.model import AlphaFold, AlphaFoldConfig
 
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    """The CI machine has two shared cores; one torch thread keeps these tests fast."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

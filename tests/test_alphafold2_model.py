@@ -10,13 +10,7 @@ from benchmarks.alphafold2.synthetic import random_batch
 N_RES = 16
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    """The CI machine has two shared cores; one torch thread keeps these tests fast."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_initial_training_model_has_mlperf_parameter_count():

@@ -23,13 +23,7 @@ from benchmarks.core.errors import ConfigError
 FOLDER = Path(SPEC.folder)
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    """The CI machine has two shared cores; one torch thread keeps these tests fast."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(name: str, **changes):

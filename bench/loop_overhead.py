@@ -18,6 +18,7 @@ a shared machine drift; the table gives samples/s and each loop's ratio to ``bar
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections import defaultdict, deque
@@ -111,11 +112,17 @@ def measure(size: str, repeats: int, steps: int) -> dict[str, list[float]]:
     model = build_resnet(model_cfg, classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     bare_loop(model, optimizer, batches[:2])
+    # Every run starts from the same weights and momentum, so the loops do identical
+    # arithmetic (and none inherits, say, denormal weights from another's run).
+    start_model = copy.deepcopy(model.state_dict())
+    start_optimizer = copy.deepcopy(optimizer.state_dict())
     rates: dict[str, list[float]] = {name: [] for name in LOOPS}
     names = list(LOOPS)
     for repeat in range(repeats):
         order = names[repeat % len(names):] + names[:repeat % len(names)]
         for name in order:
+            model.load_state_dict(start_model)
+            optimizer.load_state_dict(start_optimizer)
             started = time.perf_counter()
             LOOPS[name](model, optimizer, batches)
             rates[name].append(steps * batch / (time.perf_counter() - started))

@@ -159,7 +159,8 @@ class Trainer:
         """The epoch's optimizer steps; returns (samples on this rank, summed sample loss)."""
         self.model.train()
         samples, loss_sum = 0, 0.0
-        window: list[torch.Tensor] = []
+        window: list[torch.Tensor] = []  # this window's micro-batch losses, on the device
+        counts: list[int] = []  # and their sample counts
         self.optimizer.zero_grad(set_to_none=True)
         for batch, position, group_size in self.batches.epoch(self.step * self.accumulation):
             inputs, targets = to_device(batch, self.device, self.training.channels_last)
@@ -168,10 +169,12 @@ class Trainer:
             with contextlib.nullcontext() if is_boundary or no_sync is None else no_sync():
                 with self._autocast():
                     loss = self.task.loss_fn(self._forward(inputs), targets)
-                (loss / group_size).backward()
+                # No extra kernel for the common case of no accumulation.
+                (loss if group_size == 1 else loss / group_size).backward()
             count = batch_size_of(inputs)
             samples += count
-            window.append(loss.detach() * count)
+            window.append(loss.detach())
+            counts.append(count)
             if not is_boundary:
                 continue
             if self.cfg.opt.clip_grad_norm:
@@ -181,14 +184,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             if self.step % self.training.nan_check_every == 0:
-                loss_sum += self._check_window(window)
-                window = []
+                loss_sum += self._check_window(window, counts)
+                window, counts = [], []
         if window:
-            loss_sum += self._check_window(window)
+            loss_sum += self._check_window(window, counts)
         return samples, loss_sum
 
-    def _check_window(self, window: list[torch.Tensor]) -> float:
-        """One host sync per window: sum its losses, and let all ranks agree to abort or stop.
+    def _check_window(self, window: list[torch.Tensor], counts: list[int]) -> float:
+        """One host sync per window: its sample-weighted loss sum; the ranks agree to go on.
 
         A non-finite loss on any rank aborts every rank; a stop signal on any rank makes every
         rank checkpoint (when a checkpoint folder is configured) and stop.
@@ -216,7 +219,7 @@ class Trainer:
                                      "training.checkpoint_dir to resume")
             raise PreemptedError(f"stopped by {reason} at epoch {self.epoch} step {self.step} "
                                  "(no training.checkpoint_dir, nothing saved)")
-        return float(losses.sum())
+        return float(losses @ torch.tensor(counts, dtype=losses.dtype, device=losses.device))
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -7,7 +7,8 @@ Ground-truth keys read from the batch (see :func:`all_atom.make_structure_featur
 [*, N, 14, 3], ``atom14_gt_exists``/``atom14_alt_gt_exists``/``atom14_atom_is_ambiguous``
 [*, N, 14], ``chi_angles_sin_cos`` [*, N, 4, 2], ``chi_mask`` [*, N, 4], ``pseudo_beta`` [*, N, 3],
 ``pseudo_beta_mask`` [*, N], ``all_atom_positions`` [*, N, 37, 3], ``all_atom_mask`` [*, N, 37],
-``atom37_atom_exists`` [*, N, 37], ``aatype``/``seq_mask`` [*, N], ``true_msa``/``bert_mask``
+``atom37_atom_exists`` [*, N, 37], ``atom14_atom_exists`` [*, N, 14] and ``residue_index``
+[*, N] (structural violations only), ``aatype``/``seq_mask`` [*, N], ``true_msa``/``bert_mask``
 [*, S, N], ``resolution`` [*] and ``use_clamped_fape`` [*] (1 = clamp, AF2 clamps 90 % of
 samples).
 """
@@ -216,6 +217,175 @@ def tm_loss(logits: torch.Tensor, final_affine_tensor: torch.Tensor,
     return loss * _resolution_filter(resolution, min_resolution, max_resolution)
 
 
+# Atom14 slots of the backbone atoms, the same in every residue type.
+_N, _CA, _C = (rc.restype_name_to_atom14_names["ALA"].index(name) for name in ("N", "CA", "C"))
+
+
+def between_residue_bond_loss(positions: torch.Tensor, atom_mask: torch.Tensor,
+                              residue_index: torch.Tensor, aatype: torch.Tensor,
+                              tolerance_factor: float) -> dict[str, torch.Tensor]:
+    """Flat-bottom losses on the peptide bond C(i)-N(i+1) and the angles CA-C-N, C-N-CA.
+
+    Only links between present, consecutive residues count. positions [*, N, 14, 3],
+    atom_mask [*, N, 14]; returns the three mean losses [*] and ``link_violation`` [*, N - 1]
+    (a link beyond the tolerance).
+    """
+    this, following = positions[..., :-1, :, :], positions[..., 1:, :, :]
+    this_mask, following_mask = atom_mask[..., :-1, :], atom_mask[..., 1:, :]
+    ca, c = this[..., _CA, :], this[..., _C, :]
+    next_n, next_ca = following[..., _N, :], following[..., _CA, :]
+    ca_mask, c_mask = this_mask[..., _CA], this_mask[..., _C]
+    next_n_mask, next_ca_mask = following_mask[..., _N], following_mask[..., _CA]
+    consecutive = (residue_index[..., 1:] - residue_index[..., :-1] == 1).to(positions.dtype)
+
+    def length(vector: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.sum(vector ** 2, dim=-1) + 1e-6)
+
+    c_n_length = length(next_n - c)
+    next_is_proline = (aatype[..., 1:] == rc.resname_to_idx["PRO"]).to(positions.dtype)
+    general, proline = rc.between_res_bond_length_c_n
+    general_std, proline_std = rc.between_res_bond_length_stddev_c_n
+    c_n_error = torch.abs(c_n_length - (general + (proline - general) * next_is_proline))
+    c_n_stddev = general_std + (proline_std - general_std) * next_is_proline
+    # AF2 and OpenFold scale both angle tolerances by the C-N bond-length stddev (0.014), not
+    # by the angles' own stddevs; kept so loss values match the reference implementation.
+    angle_stddev = general_std
+    c_to_ca = (ca - c) / length(ca - c)[..., None]
+    c_to_n = (next_n - c) / c_n_length[..., None]
+    n_to_ca = (next_ca - next_n) / length(next_ca - next_n)[..., None]
+    ca_c_n_error = torch.abs(torch.sum(c_to_ca * c_to_n, dim=-1)
+                             - rc.between_res_cos_angles_ca_c_n[0])
+    c_n_ca_error = torch.abs(torch.sum(-c_to_n * n_to_ca, dim=-1)
+                             - rc.between_res_cos_angles_c_n_ca[0])
+
+    c_n_mask = c_mask * next_n_mask * consecutive
+    angle_masks = (ca_mask * c_n_mask, c_n_mask * next_ca_mask)
+    errors = (c_n_error, ca_c_n_error, c_n_ca_error)
+    stddevs = (c_n_stddev, angle_stddev, angle_stddev)
+    masks = (c_n_mask,) + angle_masks
+    losses = [_masked_mean(F.relu(error - tolerance_factor * stddev), mask, (-1,), 1e-6)
+              for error, stddev, mask in zip(errors, stddevs, masks, strict=True)]
+    violation = sum(mask * (error > tolerance_factor * stddev)
+                    for error, stddev, mask in zip(errors, stddevs, masks, strict=True))
+    return {"c_n_loss": losses[0], "ca_c_n_loss": losses[1], "c_n_ca_loss": losses[2],
+            "link_violation": (violation > 0).to(positions.dtype)}
+
+
+def _pair_distances(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Distances between broadcast points; eps keeps the gradient finite at zero distance."""
+    return torch.sqrt(torch.sum((a - b) ** 2, dim=-1) + eps)
+
+
+def between_residue_clash_loss(positions: torch.Tensor, atom_mask: torch.Tensor,
+                               residue_index: torch.Tensor, aatype: torch.Tensor,
+                               overlap_tolerance: float) -> dict[str, torch.Tensor]:
+    """Steric clashes between heavy atoms of different residues.
+
+    A pair clashes when closer than the sum of its van der Waals radii minus
+    ``overlap_tolerance``; the peptide bond C(i)-N(i+1) and cysteine SG-SG pairs (possible
+    disulfides) are exempt. Returns per-atom loss sums and clash flags [*, N, 14].
+    """
+    n_res = aatype.shape[-1]
+    dtype = positions.dtype
+    radius = torch.as_tensor(rc.restype_atom14_vdw_radius, dtype=dtype,
+                             device=positions.device)[aatype]
+    # Pair tensors are [*, N (i), N (j), 14 (atom of i), 14 (atom of j)]; each residue pair
+    # is visited once (i before j in the chain).
+    distances = _pair_distances(positions[..., :, None, :, None, :],
+                                positions[..., None, :, None, :, :])
+    before = torch.ones(n_res, n_res, dtype=torch.bool, device=positions.device).triu(1)
+    mask = atom_mask[..., :, None, :, None] * atom_mask[..., None, :, None, :] \
+        * before[:, :, None, None].to(dtype)
+    peptide_bond = torch.zeros(14, 14, dtype=torch.bool, device=positions.device)
+    peptide_bond[_C, _N] = True
+    consecutive = residue_index[..., None, :] - residue_index[..., :, None] == 1
+    sg = rc.restype_name_to_atom14_names["CYS"].index("SG")
+    disulfide = torch.zeros(14, 14, dtype=torch.bool, device=positions.device)
+    disulfide[sg, sg] = True
+    is_cys = aatype == rc.resname_to_idx["CYS"]
+    both_cys = is_cys[..., :, None] & is_cys[..., None, :]
+    exempt = (consecutive[..., None, None] & peptide_bond) \
+        | (both_cys[..., None, None] & disulfide)
+    mask = mask * (~exempt).to(dtype)
+    lower_bound = radius[..., :, None, :, None] + radius[..., None, :, None, :] \
+        - overlap_tolerance
+    error = mask * F.relu(lower_bound - distances)
+    clash = mask * (distances < lower_bound).to(dtype)
+    return {
+        "per_atom_loss_sum": torch.sum(error, dim=(-3, -1)) + torch.sum(error, dim=(-4, -2)),
+        "per_atom_clash": torch.maximum(torch.amax(clash, dim=(-3, -1)),
+                                        torch.amax(clash, dim=(-4, -2))),
+    }
+
+
+def within_residue_violations(positions: torch.Tensor, atom_mask: torch.Tensor,
+                              aatype: torch.Tensor, overlap_tolerance: float,
+                              tolerance_factor: float) -> dict[str, torch.Tensor]:
+    """Atom pairs of one residue outside their allowed distance range.
+
+    Bonded pairs must stay within the literature length +- ``tolerance_factor`` stddevs,
+    other pairs must not overlap (see :func:`residue_constants.atom14_distance_bounds`).
+    Returns per-atom loss sums and violation flags [*, N, 14].
+    """
+    bounds = rc.atom14_distance_bounds(overlap_tolerance, tolerance_factor)
+    lower, upper = (torch.as_tensor(bounds[key], dtype=positions.dtype,
+                                    device=positions.device)[aatype]
+                    for key in ("lower_bound", "upper_bound"))
+    off_diagonal = 1.0 - torch.eye(14, dtype=positions.dtype, device=positions.device)
+    mask = atom_mask[..., :, None] * atom_mask[..., None, :] * off_diagonal
+    distances = _pair_distances(positions[..., :, None, :], positions[..., None, :, :])
+    error = mask * (F.relu(lower - distances) + F.relu(distances - upper))
+    violation = mask * ((distances < lower) | (distances > upper)).to(positions.dtype)
+    # The pair matrix is symmetric, so every pair is counted twice per atom, as in AF2.
+    return {
+        "per_atom_loss_sum": torch.sum(error, dim=-2) + torch.sum(error, dim=-1),
+        "per_atom_violation": torch.amax(violation, dim=-1),
+    }
+
+
+def find_structural_violations(batch: dict, atom14_positions: torch.Tensor,
+                               tolerance_factor: float = 12.0,
+                               overlap_tolerance: float = 1.5) -> dict[str, torch.Tensor]:
+    """Every structural violation of a predicted atom14 structure (AF2 suppl. 1.9.11).
+
+    Reads ``aatype``, ``residue_index``, ``seq_mask`` and ``atom14_atom_exists`` (the atoms
+    the residue type has: the prediction places all of them, resolved in the crystal or not).
+    """
+    aatype = batch["aatype"]
+    atom_mask = batch["atom14_atom_exists"].to(atom14_positions.dtype) \
+        * batch["seq_mask"].to(atom14_positions.dtype)[..., None]
+    bonds = between_residue_bond_loss(atom14_positions, atom_mask, batch["residue_index"],
+                                      aatype, tolerance_factor)
+    clashes = between_residue_clash_loss(atom14_positions, atom_mask, batch["residue_index"],
+                                         aatype, overlap_tolerance)
+    within = within_residue_violations(atom14_positions, atom_mask, aatype, overlap_tolerance,
+                                       tolerance_factor)
+    link = bonds.pop("link_violation")  # a residue violates if either of its links does
+    residue_violation = torch.stack([
+        F.pad(link, (1, 0)), F.pad(link, (0, 1)),
+        torch.amax(clashes["per_atom_clash"], dim=-1),
+        torch.amax(within["per_atom_violation"], dim=-1),
+    ]).amax(dim=0)
+    return {
+        **bonds,
+        "clash_per_atom_loss_sum": clashes["per_atom_loss_sum"],
+        "within_residue_per_atom_loss_sum": within["per_atom_loss_sum"],
+        "atom_mask": atom_mask,
+        "residue_violation": residue_violation,  # [*, N]; masks above exclude padding
+    }
+
+
+def violation_loss(violations: dict[str, torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
+    """Structural violation loss [*]: the three peptide-link means plus the clash and
+    within-residue errors summed over atoms and divided by the number of atoms."""
+    per_atom = violations["clash_per_atom_loss_sum"] \
+        + violations["within_residue_per_atom_loss_sum"]
+    atom_errors = torch.sum(per_atom, dim=(-1, -2)) \
+        / (eps + torch.sum(violations["atom_mask"], dim=(-1, -2)))
+    return violations["c_n_loss"] + violations["ca_c_n_loss"] + violations["c_n_ca_loss"] \
+        + atom_errors
+
+
 @dataclass
 class LossConfig:
     """Loss weights and parameters; defaults are AF2 "initial training" (suppl. Table 4)."""
@@ -234,6 +404,10 @@ class LossConfig:
     plddt_weight: float = 0.01
     experimentally_resolved_weight: float = 0.0
     tm_weight: float = 0.0
+    # Structural violations (suppl. 1.9.11): 0 in initial training, 1.0 when fine-tuning.
+    violation_weight: float = 0.0
+    violation_tolerance_factor: float = 12.0
+    clash_overlap_tolerance: float = 1.5
     min_resolution: float = 0.1
     max_resolution: float = 3.0
     # OpenFold multiplies the total by sqrt(number of residues in the crop).
@@ -289,6 +463,14 @@ class AlphaFoldLoss(torch.nn.Module):
                 batch["backbone_rigid_tensor"], batch["backbone_rigid_mask"], resolution,
                 no_bins=outputs["tm_logits"].shape[-1], min_resolution=cfg.min_resolution,
                 max_resolution=cfg.max_resolution)
+        violation_fraction = None
+        if cfg.violation_weight > 0:
+            violations = find_structural_violations(
+                batch, sm["positions"][-1], cfg.violation_tolerance_factor,
+                cfg.clash_overlap_tolerance)
+            components["violation"] = violation_loss(violations)
+            violation_fraction = _masked_mean(violations["residue_violation"],
+                                              batch["seq_mask"], (-1,), 1e-6)
         weights = {
             "backbone_fape": cfg.fape_weight * cfg.backbone_fape_weight,
             "sidechain_fape": cfg.fape_weight * cfg.sidechain_fape_weight,
@@ -298,10 +480,13 @@ class AlphaFoldLoss(torch.nn.Module):
             "plddt": cfg.plddt_weight,
             "experimentally_resolved": cfg.experimentally_resolved_weight,
             "tm": cfg.tm_weight,
+            "violation": cfg.violation_weight,
         }
         total = sum(weights[name] * torch.mean(value) for name, value in components.items())
         if cfg.scale_by_sqrt_length:
             total = total * torch.sqrt(torch.mean(torch.sum(batch["seq_mask"], dim=-1)))
         logged = {name: torch.mean(value).detach() for name, value in components.items()}
+        if violation_fraction is not None:  # residues with any violation: a metric, no loss
+            logged["violation_fraction"] = torch.mean(violation_fraction).detach()
         logged["loss"] = total.detach()
         return total, logged

@@ -293,6 +293,38 @@ between_res_cos_angles_c_n_ca = (-0.5203, 0.0353)  # 121.352 +- 2.315 degrees
 between_res_cos_angles_ca_c_n = (-0.4473, 0.0311)  # 116.568 +- 1.995 degrees
 ca_ca = 3.80209737096  # CA-CA distance of a trans peptide bond
 
+# Covalent bonds between heavy atoms inside each residue, beyond the backbone N-CA, CA-C, C-O
+# and CA-CB (all residues but glycine) that every residue shares.
+residue_side_chain_bonds = {
+    "ALA": "",
+    "ARG": "CB-CG CG-CD CD-NE NE-CZ CZ-NH1 CZ-NH2",
+    "ASN": "CB-CG CG-OD1 CG-ND2",
+    "ASP": "CB-CG CG-OD1 CG-OD2",
+    "CYS": "CB-SG",
+    "GLN": "CB-CG CG-CD CD-OE1 CD-NE2",
+    "GLU": "CB-CG CG-CD CD-OE1 CD-OE2",
+    "GLY": "",
+    "HIS": "CB-CG CG-ND1 CG-CD2 ND1-CE1 CD2-NE2 CE1-NE2",
+    "ILE": "CB-CG1 CB-CG2 CG1-CD1",
+    "LEU": "CB-CG CG-CD1 CG-CD2",
+    "LYS": "CB-CG CG-CD CD-CE CE-NZ",
+    "MET": "CB-CG CG-SD SD-CE",
+    "PHE": "CB-CG CG-CD1 CG-CD2 CD1-CE1 CD2-CE2 CE1-CZ CE2-CZ",
+    "PRO": "CB-CG CG-CD CD-N",
+    "SER": "CB-OG",
+    "THR": "CB-OG1 CB-CG2",
+    "TRP": "CB-CG CG-CD1 CG-CD2 CD1-NE1 NE1-CE2 CD2-CE2 CD2-CE3 CE2-CZ2 CE3-CZ3 CZ2-CH2 "
+           "CZ3-CH2",
+    "TYR": "CB-CG CG-CD1 CG-CD2 CD1-CE1 CD2-CE2 CE1-CZ CE2-CZ CZ-OH",
+    "VAL": "CB-CG1 CB-CG2",
+}
+# Bond lengths come from the idealised coordinates above, except the proline ring closure
+# N-CD, whose length there depends on chi1/chi2: Engh & Huber (1991) give 1.474 A.
+proline_n_cd_bond_length = 1.474
+# One standard deviation for every intra-residue bond: Engh & Huber bond-length sigmas are
+# 0.01-0.03 A, about 0.02 A typically.
+bond_length_stddev = 0.02
+
 
 # --- derived tables ------------------------------------------------------------------------
 
@@ -415,6 +447,41 @@ def _make_rigid_group_definitions() -> dict[str, np.ndarray]:
     }
 
 
+def _ideal_positions(resname: str) -> dict[str, np.ndarray]:
+    """Atom positions of the idealised residue in its backbone frame, every torsion zero."""
+    frames = restype_rigid_group_default_frame[resname_to_idx[resname]].astype(np.float64)
+    for group in (5, 6, 7):  # chi2..chi4 frames are relative to the previous chi frame
+        frames[group] = frames[group - 1] @ frames[group]
+    return {name: frames[group, :3, :3] @ np.array(position) + frames[group, :3, 3]
+            for name, group, position in rigid_group_atom_positions[resname]}
+
+
+def _make_bond_tables() -> dict[str, np.ndarray]:
+    """Intra-residue bond lengths [21, 14, 14] (0: not bonded) and van der Waals radii [21, 14].
+
+    A bond length does not change with the torsions, so the idealised geometry gives it
+    directly; only the proline ring closure N-CD spans rotatable bonds.
+    """
+    bond_length = np.zeros((21, 14, 14), dtype=np.float32)
+    vdw_radius = np.zeros((21, 14), dtype=np.float32)
+    for restype, resname in enumerate(resnames[:-1]):
+        names = restype_name_to_atom14_names[resname]
+        for atom14_idx, name in enumerate(names):
+            if name:
+                vdw_radius[restype, atom14_idx] = van_der_waals_radius[name[0]]
+        positions = _ideal_positions(resname)
+        bonds = ["N-CA", "CA-C", "C-O"] + (["CA-CB"] if "CB" in positions else [])
+        for bond in bonds + residue_side_chain_bonds[resname].split():
+            atom1, atom2 = bond.split("-")
+            if resname == "PRO" and {atom1, atom2} == {"N", "CD"}:
+                length = proline_n_cd_bond_length
+            else:
+                length = np.linalg.norm(positions[atom1] - positions[atom2])
+            i, j = names.index(atom1), names.index(atom2)
+            bond_length[restype, i, j] = bond_length[restype, j, i] = length
+    return {"bond_length": bond_length, "vdw_radius": vdw_radius}
+
+
 _atoms = _make_atom_tables()
 restype_atom14_to_atom37 = _atoms["atom14_to_atom37"]  # [21, 14]
 restype_atom37_to_atom14 = _atoms["atom37_to_atom14"]  # [21, 37]
@@ -437,6 +504,27 @@ restype_rigidgroup_base_atom37_idx = _definitions["base_atoms"]  # [21, 8, 3]
 restype_rigidgroup_mask = _definitions["group_mask"]  # [21, 8]
 restype_rigidgroup_is_ambiguous = _definitions["is_ambiguous"]  # [21, 8]
 restype_rigidgroup_ambiguity_rot = _definitions["ambiguity_rot"]  # [21, 8, 3, 3]
+
+_bonds = _make_bond_tables()
+restype_atom14_bond_length = _bonds["bond_length"]  # [21, 14, 14], 0 where not bonded
+restype_atom14_vdw_radius = _bonds["vdw_radius"]  # [21, 14], 0 for empty slots
+
+
+def atom14_distance_bounds(overlap_tolerance: float,
+                           bond_length_tolerance_factor: float) -> dict[str, np.ndarray]:
+    """Allowed intra-residue atom-pair distances, ``lower_bound``/``upper_bound`` [21, 14, 14].
+
+    Bonded pairs: literature length +- tolerance factor x stddev. Other pairs: at least the
+    sum of the van der Waals radii minus ``overlap_tolerance``, no upper bound. The diagonal
+    and empty slots are meaningless and must be masked by the caller.
+    """
+    bonded = restype_atom14_bond_length > 0
+    radii = restype_atom14_vdw_radius
+    slack = bond_length_tolerance_factor * bond_length_stddev
+    lower = np.where(bonded, restype_atom14_bond_length - slack,
+                     radii[:, :, None] + radii[:, None, :] - overlap_tolerance)
+    upper = np.where(bonded, restype_atom14_bond_length + slack, np.inf)
+    return {"lower_bound": lower.astype(np.float32), "upper_bound": upper.astype(np.float32)}
 
 
 def sequence_to_aatype(sequence: str) -> np.ndarray:

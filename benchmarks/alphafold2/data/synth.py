@@ -33,12 +33,14 @@ RESIDUE_CLASSES = {
 }
 _CLASS_OF = {letter: name for name, (letters, _, _) in RESIDUE_CLASSES.items()
              for letter in letters}
-MIN_LENGTH, MAX_LENGTH = 16, 40
+MIN_LENGTH, MAX_LENGTH = 12, 24
 FIRST_RELEASE = dt.date(2018, 1, 1)
 PEPTIDE_C_N = rc.between_res_bond_length_c_n[0]
 ANGLE_CA_C_N = math.acos(rc.between_res_cos_angles_ca_c_n[0])
 ANGLE_C_N_CA = math.acos(rc.between_res_cos_angles_c_n_ca[0])
 C_O_BOND = 1.231
+# (chi1, chi2) in degrees that put proline's CD 1.473 A from N with the ideal ring geometry.
+PROLINE_PUCKER = (28.0, -16.0)
 
 
 def _place(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle: float,
@@ -90,6 +92,9 @@ def sequence_structure(sequence: str) -> tuple[np.ndarray, np.ndarray]:
     angles = torch.zeros(len(sequence), 7, dtype=torch.float64)
     for k in range(4):
         angles[:, 3 + k] = rotamers[(aatype + k) % 3]
+    # Proline's side chain is a ring: only puckers that close it onto N are chemistry.
+    angles[aatype == rc.restype_order["P"], 3:5] = torch.tensor(PROLINE_PUCKER,
+                                                                 dtype=torch.float64)
     radians = torch.deg2rad(angles)
     torsions = torch.stack([torch.sin(radians), torch.cos(radians)], dim=-1)
     positions, mask = synthetic.build_structure(aatype, backbone, torsions)

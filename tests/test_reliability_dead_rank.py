@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, quiet_env
-from tests.test_reframe_suite import slurm_unavailable_reason
+from tests.reframe_helpers import slurm_unavailable_reason
 
 #: The issue's bound: a job with a dead rank must end within this many seconds.
 DEADLINE_S = 60

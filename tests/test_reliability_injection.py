@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reframe_suite import TESTS_DIR, find_case, job_script, reframe, run_report
+from tests.reframe_helpers import TESTS_DIR, find_case, job_script, reframe, run_report
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("benchmarks", "perflogs_parsers", "reframe_tests", "site_config", "bench")

@@ -1,0 +1,63 @@
+"""Running the real ``reframe`` command from tests and reading what it wrote.
+
+Shared by the ReFrame suite tests and the reliability tests that drive ReFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = REPO / 'site_config' / 'settings.py'
+TESTS_DIR = REPO / 'reframe_tests'
+REFRAME = shutil.which('reframe') or str(Path(sys.executable).with_name('reframe'))
+
+
+def reframe(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess[str]:
+    """Run ``reframe -C site_config/settings.py ARGS`` in ``cwd``, one thread per rank."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith('RFM_')}
+    env.update(OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', RFM_COLORIZE='n')
+    return subprocess.run([REFRAME, '-C', str(SETTINGS), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_report(workdir: Path) -> list[dict]:
+    """Test cases of the (single) run report ReFrame wrote under ``workdir/reports``."""
+    reports = sorted((workdir / 'reports').glob('run-report-*.json'))
+    assert len(reports) == 1, f'expected one run report, found {reports}'
+    return json.loads(reports[0].read_text())['runs'][0]['testcases']
+
+
+def parameters(display_name: str) -> dict[str, str]:
+    """``resnet50_train %num_nodes=2 %device=cpu %.launcher=srun`` -> its parameters."""
+    return {key.lstrip('.'): value for key, value in re.findall(r'%([\w.]+)=(\S+)', display_name)}
+
+
+def find_case(cases: list[dict], name: str, **params: object) -> dict:
+    matches = [case for case in cases if case['name'].split('%')[0].strip() == name
+               and all(parameters(case['display_name']).get(key) == str(value)
+                       for key, value in params.items())]
+    assert len(matches) == 1, f'{name} {params}: {[c["display_name"] for c in matches]}'
+    return matches[0]
+
+
+def job_script(case: dict) -> str:
+    return (Path(case['stagedir']) / 'rfm_job.sh').read_text()
+
+
+def slurm_unavailable_reason() -> str | None:
+    if shutil.which('scontrol') is None:
+        return 'Slurm is not installed; start the cluster with `bash ci/slurm/start.sh`'
+    try:
+        ping = subprocess.run(['scontrol', 'ping'], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return '`scontrol ping` timed out; start the cluster with `bash ci/slurm/start.sh`'
+    if ping.returncode != 0 or 'UP' not in ping.stdout:
+        return '`scontrol ping` failed; start the cluster with `bash ci/slurm/start.sh`'
+    return None

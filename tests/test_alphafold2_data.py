@@ -2,6 +2,8 @@
 
 import datetime as dt
 import gzip
+import math
+import shutil
 
 import gemmi
 import numpy as np
@@ -10,10 +12,14 @@ import torch
 
 from benchmarks.alphafold2 import residue_constants as rc
 from benchmarks.alphafold2.data import mmcif
+from benchmarks.alphafold2.data.alignments import PackedAlignments, pack_alignments
+from benchmarks.alphafold2.data.alignments import main as pack_main
 from benchmarks.alphafold2.data.dataset import (
     ChainFilter,
     ChainReader,
     ProteinDataset,
+    read_chains_table,
+    sampling_weights,
     split_chains,
 )
 from benchmarks.alphafold2.data.features import msa_to_array, template_features
@@ -272,3 +278,55 @@ def test_dataset_batches_feed_the_model_and_loss(dataset_dir):
     assert torch.equal(first, again)  # reproducible for a given epoch
     dataset.set_epoch(1)
     assert not torch.equal(dataset[0][0]["msa_feat"], first)
+
+
+def test_packed_alignments_read_like_the_raw_folders(dataset_dir, tmp_path):
+    packed_dir = tmp_path / "packed"
+    shutil.copytree(dataset_dir, packed_dir, ignore=shutil.ignore_patterns("alignments"))
+    assert pack_alignments(dataset_dir / "alignments", packed_dir / "pdb_alignments", 3) == 10
+    raw_reader = ChainReader(dataset_dir, True, 20, None)
+    packed_reader = ChainReader(packed_dir, True, 20, None)
+    assert isinstance(packed_reader.alignments, PackedAlignments)
+    assert split_chains(packed_dir, ChainFilter()) == split_chains(dataset_dir, ChainFilter())
+    for chain in ("1s00_A", "1s03_A"):
+        raw, packed = raw_reader.read(chain), packed_reader.read(chain)
+        np.testing.assert_array_equal(raw.msa, packed.msa)
+        np.testing.assert_array_equal(raw.deletion_matrix, packed.deletion_matrix)
+        np.testing.assert_array_equal(raw.template_aatype, packed.template_aatype)
+
+
+def test_broken_packed_alignments_name_the_file(dataset_dir, tmp_path):
+    out = tmp_path / "pdb_alignments"
+    pack_alignments(dataset_dir / "alignments", out, shards=1)
+    (out / "0.db").write_bytes((out / "0.db").read_bytes()[:50])
+    source = PackedAlignments(out)
+    with pytest.raises(InputError, match=r"0\.db: .* \(truncated\?\)"):
+        source.read(source.chain_ids()[0], "uniref90_hits.a3m")
+    (out / "super.index").write_text("{not json")
+    with pytest.raises(InputError, match="super.index"):
+        PackedAlignments(out)
+    assert pack_main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out" / "super.index").exists()
+
+
+def test_chains_table_filters_and_weights_like_the_reference(tmp_path):
+    table = tmp_path / "chains.csv"
+    rows = [  # chain, release, resolution, cluster, sequence
+        ("1aaa_A", "2020-01-01", "2.0", "7", "ACDE" * 150),
+        ("1bbb_A", "2020-01-01", "2.0", "7", "ACDE" * 25),
+        ("1ggg_A", "2020-01-01", "", "5", "ACDE" * 75),
+        ("1ccc_A", "2020-01-01", "2.0", "3", "AAAAAAAAAC"),  # one residue type above 80 %
+        ("1ddd_A", "2020-01-01", "2.0", "-1", "ACDE" * 25),  # in no PDB cluster
+        ("1eee_A", "2020-01-01", "9.0", "8", "ACDE" * 25),  # resolution not below 9 A
+        ("1fff_A", "2022-01-01", "2.0", "9", "ACDE" * 25),  # released after the cut-off
+    ]
+    table.write_text("pdb_chain_id,release_date,resolution,pdb_cluster_id,sequence\n" + "".join(
+        f"{chain},{release},{resolution},{cluster},{sequence}\n"
+        for chain, release, resolution, cluster, sequence in rows))
+    records = read_chains_table(table)
+    chain_filter = ChainFilter(max_release_date=dt.date(2021, 9, 16), max_resolution=9.0)
+    allowed = [chain for chain in records if records[chain].allowed(chain_filter)]
+    assert allowed == ["1aaa_A", "1bbb_A", "1ggg_A"]
+    weights = sampling_weights(allowed, records)
+    assert weights == pytest.approx([1 / math.sqrt(2), 0.5 / math.sqrt(2), 300 / 512])
+    assert sampling_weights(allowed, None) is None

@@ -10,9 +10,9 @@ from torch.utils.data import TensorDataset
 from benchmarks.core import mllog
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import ConfigSchema, build_config
-from benchmarks.core.data import build_loader, subset_and_shard
+from benchmarks.core.data import WeightedDistributedSampler, build_loader, subset_and_shard
 from benchmarks.core.distributed import DistEnv
-from benchmarks.core.errors import ConfigError, NonFiniteLossError, PreemptedError
+from benchmarks.core.errors import ConfigError, InputError, NonFiniteLossError, PreemptedError
 from benchmarks.core.loop import Task, Trainer, steps_per_epoch
 from benchmarks.core.metrics import TopKAccuracy
 from benchmarks.core.optim import build_optimizer, build_scheduler
@@ -88,6 +88,23 @@ def test_real_optimizer_on_the_loop_learns():
     result = Trainer(task, task.model, optimizer, scheduler, config, DistEnv(), CPU,
                      mllog.MLLogger(enabled=False)).run()
     assert result.last_metric > 0.8
+
+
+def test_weighted_sampler_draws_by_weight_and_splits_one_draw_over_the_ranks():
+    weights = [0.0, 1.0, 3.0] * 200
+    single = list(WeightedDistributedSampler(weights, 0, 1, seed=5))
+    ranks = [WeightedDistributedSampler(weights, rank, 2, seed=5) for rank in range(2)]
+    draws = [list(sampler) for sampler in ranks]
+    assert [len(draw) for draw in draws] == [300, 300]
+    assert draws == [single[0::2], single[1::2]]  # one draw, dealt out to the ranks
+    counts = [sum(index % 3 == kind for index in single) for kind in range(3)]
+    assert counts[0] == 0 and 2.4 < counts[2] / counts[1] < 3.8
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != draws[0]
+    with pytest.raises(InputError, match="weights"):
+        WeightedDistributedSampler([0.0, 0.0], 0, 1)
+    with pytest.raises(InputError, match="fewer than the 4 ranks"):
+        WeightedDistributedSampler([1.0, 1.0], 0, 4)
 
 
 def test_ranks_get_disjoint_shards():

@@ -15,9 +15,12 @@ from pathlib import Path
 from torch import nn
 
 from benchmarks.alphafold2.data.dataset import (
+    CHAINS_TABLE,
     ChainFilter,
     ChainReader,
     ProteinDataset,
+    read_chains_table,
+    sampling_weights,
     split_chains,
 )
 from benchmarks.alphafold2.data.synth import synthesize
@@ -50,6 +53,9 @@ class AlphaFoldDataConfig(DataConfig):
     max_release_date: str = "2021-09-16"  # MLPerf training cut-off; "" = none
     max_template_date: str = "2021-09-16"
     max_resolution: float = 9.0
+    # Sample training chains by length and PDB cluster size (needs chains.csv), as AF2 and
+    # the MLPerf reference do; false: every chain once per epoch.
+    weighted_sampling: bool = True
 
 
 def _date(value: str, key: str) -> dt.date | None:
@@ -83,14 +89,16 @@ def build_task(context: GlobalContext) -> Task:
     data_dir = require_dir(data.data_dir, "AlphaFold data folder")
     chain_filter = ChainFilter(max_release_date=_date(data.max_release_date, "max_release_date"),
                                max_resolution=data.max_resolution or None)
-    train_ids, eval_ids = split_chains(data_dir, chain_filter)
+    features = feature_config(data, config.model.template.enabled)
+    reader = ChainReader(data_dir, features.use_templates, data.max_template_hits,
+                         _date(data.max_template_date, "max_template_date"))
+    train_ids, eval_ids = split_chains(data_dir, chain_filter, reader.alignments)
     if data.train_subset:
         train_ids = train_ids[:data.train_subset]
     if data.eval_subset:
         eval_ids = eval_ids[:data.eval_subset]
-    features = feature_config(data, config.model.template.enabled)
-    reader = ChainReader(data_dir, features.use_templates, data.max_template_hits,
-                         _date(data.max_template_date, "max_template_date"))
+    weights = sampling_weights(train_ids, read_chains_table(data_dir / CHAINS_TABLE)) \
+        if data.weighted_sampling else None
     seed = config.training.seed
     train_set = ProteinDataset(train_ids, reader, features, train=True, seed=seed)
     eval_set = ProteinDataset(eval_ids, reader, features, train=False, seed=seed)
@@ -99,7 +107,8 @@ def build_task(context: GlobalContext) -> Task:
     return Task(
         model=build_model(config),
         train_loader=build_loader(train_set, data.local_batch_size, train=True,
-                                  shuffle=data.shuffle, drop_last=data.drop_last, **common),
+                                  shuffle=data.shuffle, drop_last=data.drop_last,
+                                  sample_weights=weights, **common),
         eval_loader=build_loader(eval_set, 1, train=False, **common),
         loss_fn=AlphaFoldLoss(config.model.loss),
         metric=LDDTCaMetric(),

@@ -4,8 +4,9 @@
   inputs or raise an ``InputError`` naming the folder or file, before any training starts.
 - :func:`subset_and_shard`: the one rule for file lists: sort, take the configured subset,
   then give each rank its own slice, so ranks never read the same sample.
-- :func:`build_loader`: a DataLoader with a ``DistributedSampler`` for map-style datasets,
-  seeded workers, and pinned, persistent workers on GPU.
+- :func:`build_loader`: a DataLoader with a ``DistributedSampler`` for map-style datasets
+  (or a :class:`WeightedDistributedSampler` when samples have weights), seeded workers, and
+  pinned, persistent workers on GPU.
 - :func:`worker_shard`: the (rank, worker) slot of an iterable dataset inside a worker.
 - :func:`to_device`: move a batch (tensor, dict, list or tuple of them) to the device.
 """
@@ -93,19 +94,25 @@ def _seed_worker(worker_id: int) -> None:
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv,
                  device: torch.device, num_workers: int, prefetch_factor: int = 2,
                  shuffle: bool = True, drop_last: bool = True, seed: int = 0,
-                 collate_fn: Any = None) -> DataLoader:
+                 collate_fn: Any = None,
+                 sample_weights: Sequence[float] | None = None) -> DataLoader:
     """A DataLoader for one rank.
 
-    Map-style training sets get a ``DistributedSampler`` over all ranks; evaluation sets an
+    Map-style training sets get a ``DistributedSampler`` over all ranks, or with
+    ``sample_weights`` a :class:`WeightedDistributedSampler`; evaluation sets an
     :class:`EvalShardSampler`, which gives every sample to exactly one rank (no padding with
     repeated samples, which would bias the metric). Iterable datasets shard themselves (see
     :func:`worker_shard`). Workers are seeded from ``seed`` and persistent on GPU.
     """
     sampler: Sampler | None = None
     if not isinstance(dataset, IterableDataset):
-        sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                     shuffle=shuffle, seed=seed, drop_last=drop_last) \
-            if train else EvalShardSampler(len(dataset), env.rank, env.world_size)
+        if not train:
+            sampler = EvalShardSampler(len(dataset), env.rank, env.world_size)
+        elif sample_weights is not None:
+            sampler = WeightedDistributedSampler(sample_weights, env.rank, env.world_size, seed)
+        else:
+            sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
+                                         shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator()
     generator.manual_seed(seed + env.rank)
     on_gpu = device.type == "cuda"
@@ -141,6 +148,41 @@ class EvalShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class WeightedDistributedSampler(Sampler[int]):
+    """Samples drawn with replacement in proportion to their weights, split over the ranks.
+
+    Each epoch (see ``set_epoch``) draws ``len(weights)`` indices rounded down to a multiple
+    of the world size from a generator seeded by (seed, epoch), the same draw on every rank;
+    rank ``r`` takes every ``world_size``-th from ``r``. Used where a training set samples
+    items by how representative they are (AlphaFold: chain length and cluster size).
+    """
+
+    def __init__(self, weights: Sequence[float], rank: int, world_size: int,
+                 seed: int = 0) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights.dim() != 1 or not len(self.weights) or (self.weights < 0).any() or \
+                not torch.isfinite(self.weights).all() or self.weights.sum() <= 0:
+            raise InputError("sample weights must be finite, non-negative and not all zero")
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.per_rank = len(self.weights) // world_size
+        if self.per_rank == 0:
+            raise InputError(f"training set has {len(self.weights)} samples, fewer than the "
+                             f"{world_size} ranks")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.multinomial(self.weights, self.per_rank * self.world_size,
+                                  replacement=True, generator=generator)
+        return iter(draws[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 def synthetic_samples(outdir: Path, splits: dict[str, int], benchmark: str,

@@ -7,6 +7,7 @@ torsions are fixed per residue type.
 Family members differ by mutations within a residue class, so they share a backbone and serve
 as each other's templates. MSAs hold family members and random homologs with insertions and
 deletions, split across the three A3M files; ``hhr/pdb70_hits.hhr`` lists the family members.
+A family is one PDB cluster (``pdb_cluster_id`` in ``chains.csv``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from tqdm import tqdm
 from benchmarks.alphafold2 import residue_constants as rc
 from benchmarks.alphafold2 import synthetic
 from benchmarks.alphafold2.data import mmcif
-from benchmarks.alphafold2.data.dataset import CHAINS_TABLE, MSA_FILES, VALIDATION_LIST
+from benchmarks.alphafold2.data.alignments import MSA_FILES
+from benchmarks.alphafold2.data.dataset import CHAINS_TABLE, VALIDATION_LIST
 from benchmarks.alphafold2.geometry import Rigid
 
 # Backbone dihedrals (phi, psi) in degrees of each residue class; omega is trans (180).
@@ -181,7 +183,8 @@ def synthesize(outdir: str | Path, samples: int = 24, seed: int = 0) -> Path:
                        FIRST_RELEASE + dt.timedelta(days=7 * index)))
 
     (outdir / "mmcif").mkdir(parents=True, exist_ok=True)
-    rows = ["pdb_chain_id,pdb_id,author_chain_id,release_date,resolution,sequence_length,sequence"]
+    rows = ["pdb_chain_id,pdb_id,author_chain_id,release_date,resolution,pdb_cluster_id,"
+            "sequence_length,sequence"]
     for chain_id, family, sequence, release in tqdm(chains, desc="alphafold2 synth",
                                                     unit="chain"):
         pdb_id = chain_id.split("_")[0]
@@ -189,7 +192,7 @@ def synthesize(outdir: str | Path, samples: int = 24, seed: int = 0) -> Path:
         resolution = float(np.round(rng.uniform(1.2, 2.8), 2))
         mmcif.write_chain(outdir / "mmcif" / f"{pdb_id}.cif.gz", pdb_id, "A", sequence,
                           positions, mask, resolution, release)
-        rows.append(f"{chain_id},{pdb_id},A,{release.isoformat()},{resolution},"
+        rows.append(f"{chain_id},{pdb_id},A,{release.isoformat()},{resolution},{family},"
                     f"{len(sequence)},{sequence}")
 
         folder = outdir / "alignments" / chain_id

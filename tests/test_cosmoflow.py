@@ -20,6 +20,7 @@ from benchmarks.cosmoflow.data import (
     SAMPLE_SHAPE,
     CosmoFlowDataConfig,
     CosmoFlowDataset,
+    PoissonTables,
     build_datasets,
     input_edge,
     read_hdf5_sample,
@@ -252,6 +253,24 @@ def test_synthesize_writes_both_layouts(small_data):
                                 for s in (".h5", ".tfrecord")])
     first = small_data / "train" / "cosmo_000000.tfrecord"
     assert first.read_bytes()[:2] == tfrecord.GZIP_MAGIC
+
+
+def test_table_sampler_draws_poisson_counts():
+    # Rates from 0.3 to 60 (the synthetic range and beyond): the frequency of every count
+    # matches the Poisson pmf, including the draws the byte tables leave to the exact search.
+    rates = np.array([[0.3, 2.5, 11.0], [0.8, 25.0, 60.0]])
+    levels = np.repeat(np.arange(3, dtype=np.int32), 100_000)
+    counts = PoissonTables(rates).draw(np.random.default_rng(5), levels)
+    assert counts.dtype == np.int16 and counts.shape == (300_000, 2)
+    for channel in range(2):
+        for level in range(3):
+            drawn = counts[levels == level, channel]
+            rate = rates[channel, level]
+            values = np.arange(drawn.max() + 1)
+            pmf = np.exp(-rate + values * np.log(rate) - np.cumsum(np.log(np.maximum(values, 1))))
+            frequency = np.bincount(drawn) / drawn.size
+            sigma = np.sqrt(pmf * (1 - pmf) / drawn.size)
+            assert np.all(np.abs(frequency - pmf) < 5 * sigma + 1e-4), (channel, level)
 
 
 def test_synthetic_targets_are_recoverable_from_the_volume(small_data):

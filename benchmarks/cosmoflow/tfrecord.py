@@ -83,17 +83,23 @@ def iter_records(path: Path) -> Iterator[memoryview]:
         index += 1
 
 
-def write_records(path: Path, records: Iterable[bytes], compress: bool = True,
+def write_records(path: Path, records: Iterable[bytes | memoryview], compress: bool = True,
                   compresslevel: int = 6) -> None:
-    """Write ``records`` with TFRecord framing, as one gzip stream when ``compress``."""
-    chunks = []
-    for record in records:
-        length = _LENGTH.pack(len(record))
-        chunks += [length, _CRC.pack(masked_crc(length)), record, _CRC.pack(masked_crc(record))]
-    payload = b"".join(chunks)
-    if compress:
-        payload = gzip.compress(payload, compresslevel=compresslevel, mtime=0)
-    path.write_bytes(payload)
+    """Write ``records`` with TFRecord framing, as one gzip stream when ``compress``.
+
+    Framing and payloads are streamed to the file (through the compressor), so a 16 MiB
+    record is never joined into a second copy.
+    """
+    gzip_stream = zlib.compressobj(compresslevel, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    with path.open("wb") as handle:
+        for record in records:
+            data = memoryview(record).cast("B")
+            length = _LENGTH.pack(len(data))
+            for chunk in (length, _CRC.pack(masked_crc(length)), data,
+                          _CRC.pack(masked_crc(data))):
+                handle.write(gzip_stream.compress(chunk) if compress else chunk)
+        if compress:
+            handle.write(gzip_stream.flush())
 
 
 # --- protobuf wire format ---------------------------------------------------------------------
@@ -200,23 +206,25 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
+def _len_field(number: int, parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """A length-delimited field around ``parts``, kept as a list so payloads are not copied."""
+    length = sum(len(memoryview(part).cast("B")) for part in parts)
+    return [_varint(number << 3 | _LEN) + _varint(length), *parts]
 
 
-def encode_example(features: Mapping[str, bytes | np.ndarray]) -> bytes:
-    """Serialize a ``tf.train.Example``: bytes become a bytes_list, float arrays a float_list,
-    integer arrays an int64_list."""
-    entries = []
+def encode_example(features: Mapping[str, bytes | memoryview | np.ndarray]) -> bytes:
+    """Serialize a ``tf.train.Example``: bytes (or a memoryview) become a bytes_list, float
+    arrays a float_list, integer arrays an int64_list. Large payloads are copied once."""
+    entries: list[bytes | memoryview] = []
     for key, value in features.items():
-        if isinstance(value, (bytes, bytearray)):
-            feature = _len_field(1, _len_field(1, bytes(value)))
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            feature = _len_field(1, _len_field(1, [value]))
         elif np.issubdtype(np.asarray(value).dtype, np.floating):
             packed = np.asarray(value, dtype="<f4").ravel().tobytes()
-            feature = _len_field(2, _len_field(1, packed))
+            feature = _len_field(2, _len_field(1, [packed]))
         else:
             ints = np.asarray(value, dtype=np.int64).ravel()
             packed = b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in ints)
-            feature = _len_field(3, _len_field(1, packed))
-        entries.append(_len_field(1, _len_field(1, key.encode()) + _len_field(2, feature)))
-    return _len_field(1, b"".join(entries))
+            feature = _len_field(3, _len_field(1, [packed]))
+        entries += _len_field(1, _len_field(1, [key.encode()]) + _len_field(2, feature))
+    return b"".join(_len_field(1, entries))

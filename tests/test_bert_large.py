@@ -212,6 +212,18 @@ def test_logits_only_at_real_positions_and_trimming_is_exact(tmp_path):
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
+def test_masked_lm_loss_matches_cross_entropy_value_and_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 50, requires_grad=True)
+    labels = torch.tensor([3, IGNORE_LABEL, 5, 9, 1, 2, 0, IGNORE_LABEL, 4])
+    loss = masked_lm_loss(logits, labels)
+    (grad,) = torch.autograd.grad(2.5 * loss, logits)
+    reference = torch.nn.functional.cross_entropy(logits, labels[labels != IGNORE_LABEL])
+    (expected,) = torch.autograd.grad(2.5 * reference, logits)
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(grad, expected)
+
+
 def test_masked_lm_accuracy_counts_real_positions():
     metric = MaskedLMAccuracy()
     targets = torch.tensor([[5, 7, IGNORE_LABEL], [2, IGNORE_LABEL, IGNORE_LABEL]])

@@ -130,7 +130,31 @@ def load_init_checkpoint(model: BertMaskedLM, path: str | Path) -> None:
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the real masked positions (logits come only for those)."""
-    return F.cross_entropy(logits, labels[labels != IGNORE_LABEL])
+    return _VocabCrossEntropy.apply(logits, labels[labels != IGNORE_LABEL])
+
+
+class _VocabCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy`` (mean) whose backward turns the saved log-probabilities into the
+    gradient in place: ``softmax - one_hot``. The stock backward allocates and zero-fills a
+    [rows, vocab] gradient for the NLL step, then allocates a second one for the log-softmax
+    step; at 30522 classes those extra passes cost 7-17% of a smoke training step on a CPU.
+    The saved buffer is consumed, so the graph supports one backward pass (no
+    ``retain_graph``)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        ctx.save_for_backward(log_probs, labels)
+        ctx.logits_dtype = logits.dtype
+        return -log_probs.gather(1, labels[:, None]).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        log_probs, labels = ctx.saved_tensors
+        scale = grad / labels.numel()
+        grad_logits = log_probs.exp_().mul_(scale)
+        grad_logits[torch.arange(labels.numel(), device=labels.device), labels] -= scale
+        return grad_logits.to(ctx.logits_dtype), None
 
 
 class MaskedLMAccuracy(RatioMetric):

@@ -5,7 +5,17 @@ import torch
 
 from benchmarks.alphafold2.losses import AlphaFoldLoss
 from benchmarks.alphafold2.model import AlphaFold, AlphaFoldConfig
+from benchmarks.alphafold2.openfold_weights import (
+    WeightConversionError,
+    convert_openfold_state_dict,
+    openfold_to_ours_name,
+    ours_to_openfold_name,
+    read_openfold_state_dict,
+)
 from benchmarks.alphafold2.synthetic import random_batch
+from benchmarks.alphafold2.train import load_initial_weights
+from benchmarks.alphafold2.training import AlphaFoldForTraining, AlphaFoldTrainingConfig
+from benchmarks.core.errors import InputError
 
 N_RES = 16
 
@@ -120,3 +130,76 @@ def test_model_runs_without_templates_and_extra_msa():
     loss = AlphaFoldLoss()(model(batch), batch)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+# Parameter names of PyPI openfold 0.0.1 (model_config("initial_training"), tm head enabled)
+# and ours: one per renaming rule that is not the identity.
+OPENFOLD_NAMES = {
+    "template_angle_embedder.linear_2.bias": "template_embedder.angle_embedder.2.bias",
+    "template_pair_embedder.linear.weight": "template_embedder.pair_embedder.weight",
+    "template_pair_stack.blocks.1.tri_mul_in.linear_z.weight":
+        "template_embedder.pair_stack.blocks.1.tri_mul_in.linear_z.weight",
+    "template_pointwise_att.mha.linear_o.bias":
+        "template_embedder.pointwise_attention.mha.linear_o.bias",
+    "extra_msa_embedder.linear.weight": "extra_msa_embedder.weight",
+    "extra_msa_stack.blocks.3.core.tri_att_end.mha.linear_g.bias":
+        "extra_msa_stack.blocks.3.pair_stack.tri_att_end.mha.linear_g.bias",
+    "evoformer.blocks.0.core.outer_product_mean.linear_out.weight":
+        "evoformer.blocks.0.outer_product_mean.linear_out.weight",
+    "evoformer.blocks.47.msa_att_col._msa_att.mha.linear_q.weight":
+        "evoformer.blocks.47.msa_att_col.mha.linear_q.weight",
+    "structure_module.transition.layers.0.linear_3.weight":
+        "structure_module.transition.layers.0.2.weight",
+    "structure_module.angle_resnet.layers.1.linear_1.bias":
+        "structure_module.angle_resnet.blocks.1.0.bias",
+    "aux_heads.masked_msa.linear.weight": "aux_heads.masked_msa.weight",
+    "aux_heads.tm.linear.bias": "aux_heads.tm.bias",
+}
+
+
+def test_openfold_weight_mapping_covers_every_parameter_exactly_once():
+    config = AlphaFoldConfig.initial_training()
+    config.heads.tm_enabled = True
+    with torch.device("meta"):
+        model = AlphaFold(config)
+    ours = model.state_dict()
+    openfold_state = {ours_to_openfold_name(name): tensor for name, tensor in ours.items()}
+    assert None not in openfold_state and len(openfold_state) == len(ours)
+    converted = convert_openfold_state_dict(openfold_state, model)  # raises on any gap
+    assert all(converted[name] is tensor for name, tensor in ours.items())
+    for openfold_name, name in OPENFOLD_NAMES.items():
+        assert openfold_to_ours_name(openfold_name) == name
+        assert openfold_state[openfold_name] is ours[name]
+
+
+def test_openfold_weight_conversion_lists_every_problem():
+    with torch.device("meta"):
+        model = AlphaFold(AlphaFoldConfig.tiny())
+    state = {ours_to_openfold_name(name): t for name, t in model.state_dict().items()}
+    del state["evoformer.linear.bias"]
+    state["aux_heads.tm.linear.weight"] = torch.empty(64, 16)  # tm head not in this config
+    state["template_pair_embedder.linear.weight"] = torch.empty(3, 3)
+    state["evoformer.blocks.0.unknown.weight"] = torch.empty(1)
+    with pytest.raises(WeightConversionError) as error:
+        convert_openfold_state_dict(state, model)
+    for expected in ("evoformer.blocks.0.unknown.weight", "evoformer.linear.bias",
+                     "aux_heads.tm.weight", "template_embedder.pair_embedder.weight: (8, 88)"):
+        assert expected in str(error.value)
+
+
+def test_openfold_weights_file_initialises_the_training_model(tmp_path):
+    torch.manual_seed(0)
+    source = AlphaFold(AlphaFoldConfig.tiny())
+    checkpoint = {"ema": {"params": {ours_to_openfold_name(name): tensor for name, tensor
+                                     in source.state_dict().items()}}}
+    torch.save(checkpoint, tmp_path / "openfold.pt")
+    config = AlphaFoldTrainingConfig(**vars(AlphaFoldConfig.tiny()))
+    model = AlphaFoldForTraining(config)
+    load_initial_weights(model, str(tmp_path / "openfold.pt"))
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.model.state_dict()[name], tensor), name
+    with pytest.raises(InputError, match="missing.pt: OpenFold weights file not found"):
+        read_openfold_state_dict(tmp_path / "missing.pt")
+    torch.save({"evoformer.linear.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
+    with pytest.raises(InputError, match=r"wrong.pt \(model.openfold_weights\): does not fit"):
+        load_initial_weights(model, str(tmp_path / "wrong.pt"))

@@ -26,6 +26,11 @@ from benchmarks.alphafold2.data.dataset import (
 from benchmarks.alphafold2.data.synth import synthesize
 from benchmarks.alphafold2.data.transforms import FeatureConfig
 from benchmarks.alphafold2.losses import AlphaFoldLoss
+from benchmarks.alphafold2.openfold_weights import (
+    WeightConversionError,
+    load_openfold_weights,
+    read_openfold_state_dict,
+)
 from benchmarks.alphafold2.training import (
     AlphaFoldForTraining,
     AlphaFoldTrainingConfig,
@@ -33,7 +38,7 @@ from benchmarks.alphafold2.training import (
 )
 from benchmarks.core.config import Config, ConfigSchema, DataConfig, GlobalContext
 from benchmarks.core.data import build_loader, require_dir
-from benchmarks.core.errors import ConfigError
+from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.core.loop import Task
 from benchmarks.core.runner import BenchmarkSpec, run
 
@@ -80,6 +85,14 @@ def build_model(config: Config) -> nn.Module:
     return AlphaFoldForTraining(config.model, seed=config.training.seed)
 
 
+def load_initial_weights(model: AlphaFoldForTraining, path: str) -> None:
+    """``model.openfold_weights``: start from OpenFold's weights instead of a random init."""
+    try:
+        load_openfold_weights(model.model, read_openfold_state_dict(path))
+    except WeightConversionError as error:
+        raise InputError(f"{path} (model.openfold_weights): {error.summary}") from None
+
+
 def build_task(context: GlobalContext) -> Task:
     config, env, device = context.cfg, context.dist, context.device
     data = config.data
@@ -104,8 +117,11 @@ def build_task(context: GlobalContext) -> Task:
     eval_set = ProteinDataset(eval_ids, reader, features, train=False, seed=seed)
     common = {"env": env, "device": device, "num_workers": data.num_workers,
               "prefetch_factor": data.prefetch_factor, "seed": seed}
+    model = build_model(config)
+    if config.model.openfold_weights:
+        load_initial_weights(model, config.model.openfold_weights)
     return Task(
-        model=build_model(config),
+        model=model,
         train_loader=build_loader(train_set, data.local_batch_size, train=True,
                                   shuffle=data.shuffle, drop_last=data.drop_last,
                                   sample_weights=weights, **common),

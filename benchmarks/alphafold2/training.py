@@ -28,6 +28,8 @@ class AlphaFoldTrainingConfig(AlphaFoldConfig):
 
     loss: LossConfig = field(default_factory=LossConfig)
     ema_decay: float = 0.999  # AF2; the MLPerf reference uses 0.9. 0 evaluates raw weights.
+    # Start from OpenFold weights (v1 names): a parameter file or a training checkpoint.
+    openfold_weights: str = ""
 
 
 class AlphaFoldForTraining(nn.Module):

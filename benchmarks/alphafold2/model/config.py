@@ -27,13 +27,14 @@ class RecyclingConfig:
 
 @dataclass
 class PairStackConfig:
-    """Triangle updates + pair transition, shared by the template stack and the trunk."""
+    """The template pair stack's triangle updates and pair transition."""
 
     c_hidden_tri_att: int = 16
     c_hidden_tri_mul: int = 64
     no_heads: int = 4
     transition_n: int = 2
     dropout: float = 0.25
+    inf: float = 1e9  # triangle-attention mask bias, as OpenFold (the template features: 1e5)
 
 
 @dataclass

@@ -20,7 +20,7 @@ class TemplatePairStack(nn.Module):
         stack = config.pair_stack
         self.blocks = nn.ModuleList(
             PairStackBlock(c_t, stack.c_hidden_tri_mul, stack.c_hidden_tri_att, stack.no_heads,
-                           stack.transition_n, stack.dropout, config.inf, template_order=True)
+                           stack.transition_n, stack.dropout, stack.inf, template_order=True)
             for _ in range(config.no_blocks))
         self.layer_norm = nn.LayerNorm(c_t)
         self.checkpoint_blocks = False

@@ -1,0 +1,197 @@
+"""Load OpenFold weights into our AlphaFold model.
+
+OpenFold (aqlaboratory/openfold, PyPI ``openfold`` 0.0.1) and our model have the same layers
+with the same shapes: no layer is fused or split differently (IPA's ``linear_kv`` and
+``linear_kv_points`` are fused in both), so converting a state dict is a pure renaming. Only
+the module tree differs: OpenFold groups the pair half of each Evoformer block under
+``core``, wraps column attention in ``_msa_att``, wraps single linear layers in head
+modules, gives the template embedder's parts top-level names and names the layers inside
+sequential blocks ``linear_1``, ``linear_2``... where ours are indexed.
+
+:data:`RULES` lists the renamings as (OpenFold prefix, our prefix) pairs; the rest of a name
+after the prefix is kept. ``{field}`` in a prefix matches one of the alternatives in
+:data:`FIELDS` and is carried over. The first rule whose prefix matches wins, in either
+direction, so specific rules come before general ones.
+
+The rules cover OpenFold's original ("v1") names, which its released parameter files use.
+Later OpenFold versions rename some modules (their ``convert_deprecated_v1_keys``), and the
+MLPerf HPC reference (``mlcommons/hpc/openfold``, package ``openfold`` 1.0.0) is a separate
+rewrite; checkpoints of either have not been checked against these rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.core.errors import InputError, one_line
+
+FIELDS = {
+    "i": r"\d+",
+    "stack": "evoformer|extra_msa_stack",
+    "msa_op": "msa_transition|outer_product_mean",
+    "pair_op": "tri_mul_out|tri_mul_in|tri_att_start|tri_att_end|pair_transition",
+    "head": "masked_msa|experimentally_resolved|tm",
+}
+
+RULES: tuple[tuple[str, str], ...] = (
+    ("input_embedder.", "input_embedder."),
+    ("recycling_embedder.", "recycling_embedder."),
+    # Templates: OpenFold's four top-level modules are the parts of our TemplateEmbedder.
+    ("template_angle_embedder.linear_1.", "template_embedder.angle_embedder.0."),
+    ("template_angle_embedder.linear_2.", "template_embedder.angle_embedder.2."),
+    ("template_pair_embedder.linear.", "template_embedder.pair_embedder."),
+    ("template_pair_stack.", "template_embedder.pair_stack."),
+    ("template_pointwise_att.", "template_embedder.pointwise_attention."),
+    ("extra_msa_embedder.linear.", "extra_msa_embedder."),
+    # Evoformer and extra-MSA blocks: OpenFold's EvoformerBlockCore holds the MSA transition,
+    # the outer product mean and the pair updates (our PairStackBlock).
+    ("{stack}.blocks.{i}.core.{pair_op}.", "{stack}.blocks.{i}.pair_stack.{pair_op}."),
+    ("{stack}.blocks.{i}.core.{msa_op}.", "{stack}.blocks.{i}.{msa_op}."),
+    ("evoformer.blocks.{i}.msa_att_col._msa_att.", "evoformer.blocks.{i}.msa_att_col."),
+    ("extra_msa_stack.blocks.{i}.msa_att_col.", "extra_msa_stack.blocks.{i}.msa_att_col."),
+    ("{stack}.blocks.{i}.msa_att_row.", "{stack}.blocks.{i}.msa_att_row."),
+    ("evoformer.linear.", "evoformer.linear."),
+    # Structure module: numbered linear layers become indices into our ModuleLists.
+    ("structure_module.transition.layers.{i}.linear_1.",
+     "structure_module.transition.layers.{i}.0."),
+    ("structure_module.transition.layers.{i}.linear_2.",
+     "structure_module.transition.layers.{i}.1."),
+    ("structure_module.transition.layers.{i}.linear_3.",
+     "structure_module.transition.layers.{i}.2."),
+    ("structure_module.angle_resnet.layers.{i}.linear_1.",
+     "structure_module.angle_resnet.blocks.{i}.0."),
+    ("structure_module.angle_resnet.layers.{i}.linear_2.",
+     "structure_module.angle_resnet.blocks.{i}.1."),
+    ("structure_module.", "structure_module."),
+    # Heads: OpenFold wraps the single-linear heads in a module with a ``linear`` child.
+    ("aux_heads.{head}.linear.", "aux_heads.{head}."),
+    ("aux_heads.plddt.", "aux_heads.plddt."),
+    ("aux_heads.distogram.", "aux_heads.distogram."),
+)
+
+
+class WeightConversionError(ValueError):
+    """The state dict does not fit the model: names without a rule, missing, or misshapen.
+
+    ``summary`` is one line (a count and the first name of each kind of problem); the message
+    lists up to 20 names of each kind.
+    """
+
+    def __init__(self, message: str, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def _compile(prefix: str) -> re.Pattern[str]:
+    pattern = ""
+    for literal, field in re.findall(r"([^{]*)(?:\{(\w+)\})?", prefix):
+        pattern += re.escape(literal)
+        if field:
+            pattern += f"(?P<{field}>{FIELDS[field]})"
+    return re.compile(pattern)
+
+
+_COMPILED = tuple((_compile(openfold), openfold, _compile(ours), ours)
+                  for openfold, ours in RULES)
+
+
+def _rename(name: str, to_ours: bool) -> str | None:
+    for openfold_re, openfold, ours_re, ours in _COMPILED:
+        pattern, target = (openfold_re, ours) if to_ours else (ours_re, openfold)
+        match = pattern.match(name)
+        if match:
+            return target.format(**match.groupdict()) + name[match.end():]
+    return None
+
+
+def openfold_to_ours_name(name: str) -> str | None:
+    """Our parameter name for an OpenFold one; None when no rule applies."""
+    return _rename(name, to_ours=True)
+
+
+def ours_to_openfold_name(name: str) -> str | None:
+    """The OpenFold parameter name for one of ours (the inverse mapping, for tests/exports)."""
+    return _rename(name, to_ours=False)
+
+
+def _listing(title: str, names: list[str], limit: int = 20) -> str:
+    shown = "\n  ".join(names[:limit])
+    more = f"\n  ... and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{title} ({len(names)}):\n  {shown}{more}"
+
+
+def convert_openfold_state_dict(state_dict: Mapping[str, torch.Tensor],
+                                model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename an OpenFold ``AlphaFold`` state dict for ``model`` (our AlphaFold).
+
+    Checks the result against ``model``'s own state dict, which may live on the meta device,
+    and raises :class:`WeightConversionError` listing every OpenFold name without a rule,
+    every name two OpenFold names map to, every parameter of ``model`` left without a value,
+    every converted name ``model`` lacks, and every shape mismatch. Tensors are not copied.
+    """
+    expected = model.state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    unmapped, duplicated = [], []
+    for name, tensor in state_dict.items():
+        ours = openfold_to_ours_name(name)
+        if ours is None:
+            unmapped.append(name)
+        elif ours in converted:
+            duplicated.append(f"{name} -> {ours}")
+        else:
+            converted[ours] = tensor
+    problems = [
+        ("OpenFold names without a renaming rule", unmapped),
+        ("names produced twice", duplicated),
+        ("parameters of our model without an OpenFold value",
+         [name for name in expected if name not in converted]),
+        ("converted names our model does not have",
+         [name for name in converted if name not in expected]),
+        ("shape mismatches (ours vs OpenFold)",
+         [f"{name}: {tuple(expected[name].shape)} vs {tuple(tensor.shape)}"
+          for name, tensor in converted.items()
+          if name in expected and expected[name].shape != tensor.shape]),
+    ]
+    problems = [(title, names) for title, names in problems if names]
+    if problems:
+        summary = "; ".join(f"{len(names)} {title} (first: {names[0]})"
+                            for title, names in problems)
+        raise WeightConversionError(
+            "OpenFold state dict does not fit the model:\n"
+            + "\n".join(_listing(title, names) for title, names in problems),
+            f"does not fit the model: {summary}")
+    return converted
+
+
+def read_openfold_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
+    """The weights in an OpenFold parameter file, or the EMA weights of an OpenFold training
+    checkpoint (``["ema"]["params"]``); an InputError naming the file otherwise."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: OpenFold weights file not found") from None
+    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds; name the file
+        raise InputError(f"{path}: not a PyTorch weights file ({one_line(error)})") from None
+    if isinstance(saved, Mapping) and isinstance(saved.get("ema"), Mapping):
+        saved = saved["ema"].get("params")
+    if not isinstance(saved, Mapping) or not saved or \
+            not all(isinstance(value, torch.Tensor) for value in saved.values()):
+        raise InputError(f"{path}: expected a state dict of tensors (or a training checkpoint "
+                         "with ['ema']['params'])")
+    return saved
+
+
+def load_openfold_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Copy OpenFold weights into ``model`` (our AlphaFold), every parameter exactly once.
+
+    ``state_dict`` is an OpenFold (v1 naming, as PyPI 0.0.1) model state dict: OpenFold's
+    ``AlphaFold.state_dict()`` or a released OpenFold ``.pt`` parameter file; OpenFold training
+    checkpoints keep it under ``["ema"]["params"]``. ``model`` must be configured alike
+    (e.g. ``heads.tm_enabled`` for pTM weights, templates off for "no_templ" weights).
+    """
+    model.load_state_dict(convert_openfold_state_dict(state_dict, model), strict=True)

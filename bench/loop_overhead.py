@@ -32,6 +32,7 @@ from benchmarks.core.distributed import DistEnv
 from benchmarks.core.loop import Task, Trainer
 from benchmarks.core.metrics import TopKAccuracy
 from benchmarks.core.optim import build_scheduler
+from benchmarks.core.runner import keep_freed_memory
 from benchmarks.resnet50.model import ResNetModelConfig, build_resnet
 
 CPU = torch.device("cpu")
@@ -138,6 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `mlbench train` does, for every loop alike
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats x {args.steps} steps, medians")
     print("| size | loop | samples/s (median) | ratio to bare |")

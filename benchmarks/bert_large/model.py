@@ -21,6 +21,7 @@ from transformers import BertConfig, BertForMaskedLM
 from benchmarks.bert_large.data import IGNORE_LABEL
 from benchmarks.core.errors import InputError
 from benchmarks.core.metrics import RatioMetric
+from benchmarks.core.transformers_models import enable_activation_checkpointing
 
 NOT_IN_MASKED_LM = ("bert.pooler.", "cls.seq_relationship.")
 TIED_TO_OTHER_WEIGHTS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
@@ -80,10 +81,8 @@ class BertMaskedLM(nn.Module):
         super().__init__()
         self.mlm = BertForMaskedLM(hf_config(cfg))
         self.trim_padding = cfg.trim_padding
-        if cfg.activation_checkpointing:  # transformers 5 renamed gradient_checkpointing_*
-            enable = getattr(self.mlm, "activation_checkpointing_enable",
-                             self.mlm.gradient_checkpointing_enable)
-            enable({"use_reentrant": False})
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(self.mlm)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor, masked_lm_positions: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from transformers import GPTJConfig, GPTJForCausalLM
 
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.metrics import SumMetric
+from benchmarks.core.transformers_models import enable_activation_checkpointing
 from benchmarks.gptj.data import IGNORE_TARGET
 
 GPT2_VOCAB_SIZE = 50257
@@ -93,10 +94,8 @@ class GPTJLM(nn.Module):
         super().__init__()
         vocab_size = model_vocab_size(cfg, tokenizer_size)
         self.lm = GPTJForCausalLM(hf_config(cfg, vocab_size, eos_id))
-        if cfg.activation_checkpointing:  # transformers 5 renamed gradient_checkpointing_*
-            enable = getattr(self.lm, "activation_checkpointing_enable",
-                             self.lm.gradient_checkpointing_enable)
-            enable({"use_reentrant": False})
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(self.lm)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.lm.transformer(input_ids=input_ids, use_cache=False).last_hidden_state

@@ -330,3 +330,12 @@ def test_chains_table_filters_and_weights_like_the_reference(tmp_path):
     weights = sampling_weights(allowed, records)
     assert weights == pytest.approx([1 / math.sqrt(2), 0.5 / math.sqrt(2), 300 / 512])
     assert sampling_weights(allowed, None) is None
+
+
+def test_repeated_draws_of_a_chain_get_different_samples(dataset_dir):
+    train, _ = split_chains(dataset_dir, ChainFilter())
+    config = FeatureConfig(crop_size=8, max_msa_clusters=4, max_extra_msa=8, max_recycles=0)
+    dataset = ProteinDataset(train, ChainReader(dataset_dir, False, 0, None), config,
+                             train=True, seed=0)
+    first, again, second = (dataset[key][0]["msa_feat"] for key in ((0, 3), (0, 3), (0, 4)))
+    assert torch.equal(first, again) and not torch.equal(first, second)

@@ -93,11 +93,12 @@ def test_real_optimizer_on_the_loop_learns():
 def test_weighted_sampler_draws_by_weight_and_splits_one_draw_over_the_ranks():
     weights = [0.0, 1.0, 3.0] * 200
     single = list(WeightedDistributedSampler(weights, 0, 1, seed=5))
+    assert [draw for _, draw in single] == list(range(600))
     ranks = [WeightedDistributedSampler(weights, rank, 2, seed=5) for rank in range(2)]
     draws = [list(sampler) for sampler in ranks]
     assert [len(draw) for draw in draws] == [300, 300]
     assert draws == [single[0::2], single[1::2]]  # one draw, dealt out to the ranks
-    counts = [sum(index % 3 == kind for index in single) for kind in range(3)]
+    counts = [sum(index % 3 == kind for index, _ in single) for kind in range(3)]
     assert counts[0] == 0 and 2.4 < counts[2] / counts[1] < 3.8
     ranks[0].set_epoch(1)
     assert list(ranks[0]) != draws[0]

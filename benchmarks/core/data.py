@@ -150,12 +150,14 @@ class EvalShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-class WeightedDistributedSampler(Sampler[int]):
+class WeightedDistributedSampler(Sampler[tuple[int, int]]):
     """Samples drawn with replacement in proportion to their weights, split over the ranks.
 
     Each epoch (see ``set_epoch``) draws ``len(weights)`` indices rounded down to a multiple
     of the world size from a generator seeded by (seed, epoch), the same draw on every rank;
-    rank ``r`` takes every ``world_size``-th from ``r``. Used where a training set samples
+    rank ``r`` takes every ``world_size``-th from ``r``. It yields ``(index, draw)`` pairs,
+    ``draw`` numbering the epoch's draws, so that a dataset can make repeated draws of one
+    item differ (its ``__getitem__`` receives the pair). Used where a training set samples
     items by how representative they are (AlphaFold: chain length and cluster size).
     """
 
@@ -175,11 +177,12 @@ class WeightedDistributedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         draws = torch.multinomial(self.weights, self.per_rank * self.world_size,
                                   replacement=True, generator=generator)
-        return iter(draws[self.rank::self.world_size].tolist())
+        mine = range(self.rank, len(draws), self.world_size)
+        return iter(zip(draws[self.rank::self.world_size].tolist(), mine, strict=True))
 
     def __len__(self) -> int:
         return self.per_rank

@@ -238,10 +238,13 @@ class ProteinDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.chain_ids)
 
-    def __getitem__(self, index: int):
-        # Evaluation samples the same MSA every time; training varies with the epoch.
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key`` is an index, or an (index, draw) pair from a weighted sampler: a chain drawn
+        twice in one epoch then gets two different MSA samples and crops."""
+        index, draw = key if isinstance(key, tuple) else (key, 0)
+        # Evaluation samples the same MSA every time; training varies with epoch and draw.
         epoch = self.epoch if self.train else 0
-        seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+        seed = np.random.SeedSequence([self.seed, epoch, index, draw]).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
         raw = self.reader.read(self.chain_ids[index])
         return make_example(raw, self.config, generator, self.train)

@@ -130,3 +130,41 @@ def test_lamb_first_step_matches_formula():
     update = torch.tensor([1.0, -1.0])
     trust = 5.0 / update.norm()
     assert torch.allclose(weight.detach(), torch.tensor([3.0, 4.0]) - 0.1 * trust * update)
+
+
+def reference_lamb_step(param, grad, state, lr, betas, eps, weight_decay, adapt):
+    """LAMB for one tensor, written out: the specification the multi-tensor code must meet."""
+    beta1, beta2 = betas
+    state["step"] = state.get("step", 0) + 1
+    state["m"] = beta1 * state.get("m", torch.zeros_like(param)) + (1 - beta1) * grad
+    state["v"] = beta2 * state.get("v", torch.zeros_like(param)) + (1 - beta2) * grad * grad
+    m_hat = state["m"] / (1 - beta1 ** state["step"])
+    v_hat = state["v"] / (1 - beta2 ** state["step"])
+    update = m_hat / (v_hat.sqrt() + eps) + weight_decay * param
+    w_norm, u_norm = param.norm(), update.norm()
+    trust = w_norm / u_norm if adapt and w_norm > 0 and u_norm > 0 else 1.0
+    return param - lr * trust * update
+
+
+def test_lamb_matches_the_per_tensor_formula_over_steps():
+    torch.manual_seed(0)
+    shapes = [(4, 3), (3,), (5,)]
+    params = [nn.Parameter(torch.randn(shape)) for shape in shapes]
+    expected = [param.detach().clone() for param in params]
+    states = [{} for _ in params]
+    optimizer = LAMB([{"params": params[:2], "weight_decay": 0.01},
+                      {"params": params[2:], "weight_decay": 0.0,
+                       "exclude_from_adaptation": True}], lr=0.05, eps=1e-6)
+    for step in range(4):
+        for index, param in enumerate(params):
+            late = index == 1 and step == 0  # no gradient yet: joins one step later
+            param.grad = None if late else torch.randn(param.shape)
+        optimizer.step()
+        for index, param in enumerate(params):
+            if param.grad is None:
+                continue
+            decay, adapt = (0.01, True) if index < 2 else (0.0, False)
+            expected[index] = reference_lamb_step(expected[index], param.grad, states[index],
+                                                  0.05, (0.9, 0.999), 1e-6, decay, adapt)
+        for param, value in zip(params, expected, strict=True):
+            torch.testing.assert_close(param.detach(), value)

@@ -131,34 +131,50 @@ class LAMB(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> torch.Tensor | None:
+        """One update of every tensor with a gradient, a few multi-tensor kernels per group
+        (a per-tensor loop costs about ten kernels per tensor: launch-bound on GPUs)."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
+            params = [param for param in group["params"] if param.grad is not None]
+            for param in params:
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(param.grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1 ** state["step"])
-                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update.add_(param, alpha=group["weight_decay"])
-                if group["exclude_from_adaptation"]:
-                    trust = 1.0
-                else:
-                    w_norm, u_norm = param.norm(), update.norm()
-                    trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm,
-                                        torch.ones_like(w_norm))
-                param.add_(update * trust, alpha=-group["lr"])
+            # Tensors that joined late have fewer steps (other bias corrections): one update
+            # per step count, in practice one for the whole group.
+            by_step: dict[int, list[torch.Tensor]] = {}
+            for param in params:
+                by_step.setdefault(self.state[param]["step"], []).append(param)
+            for step, same_step in by_step.items():
+                self._update(same_step, group, step)
         return loss
+
+    def _update(self, params: list[torch.Tensor], group: dict, step: int) -> None:
+        beta1, beta2 = group["betas"]
+        grads = [param.grad for param in params]
+        exp_avgs = [self.state[param]["exp_avg"] for param in params]
+        exp_avg_sqs = [self.state[param]["exp_avg_sq"] for param in params]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        # update = m_hat / (sqrt(v_hat) + eps), m_hat and v_hat bias-corrected
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
+        torch._foreach_add_(denominators, group["eps"])
+        updates = torch._foreach_div(exp_avgs, denominators)
+        torch._foreach_div_(updates, 1 - beta1 ** step)
+        if group["weight_decay"]:
+            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+        if not group["exclude_from_adaptation"]:
+            w_norms = torch.stack(torch._foreach_norm(params))
+            u_norms = torch.stack(torch._foreach_norm(updates))
+            trust = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms,
+                                torch.ones_like(w_norms))
+            torch._foreach_mul_(updates, list(trust.unbind()))
+        torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 
 def scaled_base_lr(lr: float, cfg: LRScheduleConfig, global_batch_size: int) -> float:

@@ -168,3 +168,29 @@ def test_lamb_matches_the_per_tensor_formula_over_steps():
                                                   0.05, (0.9, 0.999), 1e-6, decay, adapt)
         for param, value in zip(params, expected, strict=True):
             torch.testing.assert_close(param.detach(), value)
+
+
+def test_lars_matches_the_per_tensor_formula_over_steps():
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(shape)) for shape in ((4, 3), (3,), (5,))]
+    expected = [param.detach().clone() for param in params]
+    buffers = [None] * len(params)
+    optimizer = LARS([{"params": params[:2], "weight_decay": 0.01},
+                      {"params": params[2:], "weight_decay": 0.0,
+                       "exclude_from_adaptation": True}], lr=0.5, momentum=0.9,
+                     trust_coefficient=0.02)
+    for step in range(4):
+        for index, param in enumerate(params):
+            param.grad = None if index == 1 and step == 0 else torch.randn(param.shape)
+        optimizer.step()
+        for index, param in enumerate(params):
+            if param.grad is None:
+                continue
+            weight, grad = expected[index], param.grad
+            if index < 2:
+                trust = 0.02 * weight.norm() / (grad.norm() + 0.01 * weight.norm())
+                grad = (grad + 0.01 * weight) * trust
+            buffers[index] = grad if buffers[index] is None else 0.9 * buffers[index] + grad
+            expected[index] = weight - 0.5 * buffers[index]
+        for param, value in zip(params, expected, strict=True):
+            torch.testing.assert_close(param.detach(), value)

@@ -92,27 +92,29 @@ class LARS(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> torch.Tensor | None:
+        """One update of every tensor with a gradient, a few multi-tensor kernels per group."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                weight_decay = group["weight_decay"]
-                if not group["exclude_from_adaptation"]:
-                    w_norm, g_norm = param.norm(), grad.norm()
-                    trust = group["trust_coefficient"] * w_norm / (
-                        g_norm + weight_decay * w_norm + group["eps"])
-                    ratio = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                    grad = (grad + weight_decay * param) * ratio
-                elif weight_decay:
-                    grad = grad + weight_decay * param
-                buf = self.state[param].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[param]["momentum_buffer"] = grad.clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(grad)
-                param.add_(buf, alpha=-group["lr"])
+            params = [param for param in group["params"] if param.grad is not None]
+            if not params:
+                continue
+            grads = [param.grad for param in params]
+            weight_decay = group["weight_decay"]
+            if weight_decay:
+                grads = torch._foreach_add(grads, params, alpha=weight_decay)
+            if not group["exclude_from_adaptation"]:
+                w_norms = torch.stack(torch._foreach_norm(params))
+                g_norms = torch.stack(torch._foreach_norm([param.grad for param in params]))
+                trust = group["trust_coefficient"] * w_norms / (
+                    g_norms + weight_decay * w_norms + group["eps"])
+                ratio = torch.where((w_norms > 0) & (g_norms > 0), trust, torch.ones_like(trust))
+                grads = torch._foreach_mul(grads, list(ratio.unbind()))
+            # A new buffer starts at zero, so its first value is the gradient itself.
+            buffers = [self.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+                       for param in params]
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
 
 

@@ -105,13 +105,13 @@ def build_task(context: GlobalContext) -> Task:
     features = feature_config(data, config.model.template.enabled)
     reader = ChainReader(data_dir, features.use_templates, data.max_template_hits,
                          _date(data.max_template_date, "max_template_date"))
-    train_ids, eval_ids = split_chains(data_dir, chain_filter, reader.alignments)
+    records = read_chains_table(data_dir / CHAINS_TABLE)
+    train_ids, eval_ids = split_chains(data_dir, chain_filter, reader.alignments, records)
     if data.train_subset:
         train_ids = train_ids[:data.train_subset]
     if data.eval_subset:
         eval_ids = eval_ids[:data.eval_subset]
-    weights = sampling_weights(train_ids, read_chains_table(data_dir / CHAINS_TABLE)) \
-        if data.weighted_sampling else None
+    weights = sampling_weights(train_ids, records) if data.weighted_sampling else None
     seed = config.training.seed
     train_set = ProteinDataset(train_ids, reader, features, train=True, seed=seed)
     eval_set = ProteinDataset(eval_ids, reader, features, train=False, seed=seed)

@@ -158,9 +158,11 @@ def read_chain_ids(path: Path) -> list[str]:
 
 
 def split_chains(data_dir: str | Path, chain_filter: ChainFilter,
-                 alignments: AlignmentSource | None = None) -> tuple[list[str], list[str]]:
+                 alignments: AlignmentSource | None = None,
+                 records: dict[str, ChainRecord] | None = None) -> tuple[list[str], list[str]]:
     """(training, validation) chain ids: every chain with alignments, minus the held-out list,
-    filtered by ``chains.csv`` where the table exists."""
+    filtered by ``chains.csv`` where the table exists. ``alignments`` and ``records`` (the
+    table) are read from ``data_dir`` unless the caller has them already."""
     data_dir = Path(data_dir)
     all_chains = (alignments or open_alignments(data_dir)).chain_ids()
     if not all_chains:
@@ -168,7 +170,7 @@ def split_chains(data_dir: str | Path, chain_filter: ChainFilter,
     validation = read_chain_ids(data_dir / VALIDATION_LIST)
     held_out = set(validation)
     train = [chain for chain in all_chains if chain not in held_out]
-    records = read_chains_table(data_dir / CHAINS_TABLE)
+    records = records or read_chains_table(data_dir / CHAINS_TABLE)
     if records is not None:
         train = [chain for chain in train
                  if chain in records and records[chain].allowed(chain_filter)]

@@ -33,6 +33,11 @@ class Completed:
     def events(self, key: str) -> list[dict]:
         return [record for record in self.mllog if record["key"] == key]
 
+    def time_to_target(self) -> float:
+        """Seconds from run_start to run_stop, as the ReFrame layer computes it."""
+        run_start, run_stop = self.events("run_start")[0], self.events("run_stop")[0]
+        return (run_stop["time_ms"] - run_start["time_ms"]) / 1000
+
 
 def quiet_env(threads: int = 1) -> dict[str, str]:
     """The test process's environment with torch limited to ``threads`` threads."""
@@ -62,13 +67,19 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
+def synth_with_cli(tmp_path_factory: pytest.TempPathFactory, benchmark: str,
+                   samples: int) -> Path:
+    """``mlbench synth BENCHMARK DIR --samples N`` into a fresh folder: a smoke dataset."""
+    outdir = tmp_path_factory.mktemp(f"{benchmark}-data")
+    done = run_mlbench("synth", benchmark, str(outdir), "--samples", str(samples))
+    assert done.returncode == 0, done.stderr
+    return outdir
+
+
 @pytest.fixture(scope="session")
 def resnet_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic ImageFolder the ResNet50 smoke config trains on."""
-    outdir = tmp_path_factory.mktemp("resnet50-data")
-    done = run_mlbench("synth", "resnet50", str(outdir), "--samples", "400")
-    assert done.returncode == 0, done.stderr
-    return outdir
+    return synth_with_cli(tmp_path_factory, "resnet50", 400)
 
 
 def compliance_failures(log_file: Path, tmp_path: Path, usage: str,

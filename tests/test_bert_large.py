@@ -269,11 +269,6 @@ def test_missing_eval_folder_exits_2_naming_it(tmp_path):
     assert not done.events("run_start")
 
 
-def time_to_target(done) -> float:
-    run_start, run_stop = done.events("run_start")[0], done.events("run_stop")[0]
-    return (run_stop["time_ms"] - run_start["time_ms"]) / 1000
-
-
 @pytest.mark.slow
 def test_smoke_run_reaches_target(bert_synth, tmp_path):
     log_file = tmp_path / "mllog.txt"
@@ -286,7 +281,7 @@ def test_smoke_run_reaches_target(bert_synth, tmp_path):
     assert done.events("eval_accuracy")[-1]["value"] >= 0.70
     assert done.events("opt_lamb_beta_2")[0]["value"] == 0.999
     assert done.events("train_samples")[0]["value"] == SPEC.default_samples
-    print(f"bert_large smoke, 1 process: {time_to_target(done):.1f} s to target, "
+    print(f"bert_large smoke, 1 process: {done.time_to_target():.1f} s to target, "
           f"{done.events('mlbench_throughput')[-1]['value']:.1f} samples/s")
 
 
@@ -297,5 +292,5 @@ def test_smoke_run_two_processes(bert_synth):
     assert done.returncode == 0, done.stderr
     assert "rank 1/2" in done.stderr and len(done.events("run_start")) == 1
     assert done.events("train_samples")[0]["value"] == SPEC.default_samples
-    print(f"bert_large smoke, 2 processes: {time_to_target(done):.1f} s to target, "
+    print(f"bert_large smoke, 2 processes: {done.time_to_target():.1f} s to target, "
           f"{done.events('mlbench_throughput')[-1]['value']:.1f} samples/s")

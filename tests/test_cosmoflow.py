@@ -32,7 +32,7 @@ from benchmarks.cosmoflow.data import (
 )
 from benchmarks.cosmoflow.model import CosmoFlow, ModelConfig
 from benchmarks.cosmoflow.train import SPEC, MeanAbsoluteError
-from tests.conftest import REPO, compliance_failures, run_mlbench
+from tests.conftest import REPO, compliance_failures, run_mlbench, synth_with_cli
 
 COSMOFLOW_PARAMETERS = 8_907_556
 
@@ -58,10 +58,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The dataset the smoke config is calibrated on: `mlbench synth cosmoflow DIR`."""
-    outdir = tmp_path_factory.mktemp("cosmoflow-smoke")
-    done = run_mlbench("synth", "cosmoflow", str(outdir), "--samples", "64")
-    assert done.returncode == 0, done.stderr
-    return outdir
+    return synth_with_cli(tmp_path_factory, "cosmoflow", 64)
 
 
 def data_config(data_dir: Path, **keys) -> CosmoFlowDataConfig:

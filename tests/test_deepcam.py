@@ -30,7 +30,7 @@ from benchmarks.deepcam.data import (
 )
 from benchmarks.deepcam.model import DeepLabV3Plus, ModelConfig
 from benchmarks.deepcam.train import SPEC, MeanIoU, WeightedCrossEntropy
-from tests.conftest import REPO, compliance_failures, run_mlbench
+from tests.conftest import REPO, compliance_failures, run_mlbench, synth_with_cli
 
 DEEPCAM_PARAMETERS = 56_454_720
 TINY_MODEL = ["--set", "model.width_divisor=16", "--set", "model.middle_blocks=0",
@@ -49,10 +49,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The dataset the smoke config is calibrated on: `mlbench synth deepcam DIR`."""
-    outdir = tmp_path_factory.mktemp("deepcam-smoke")
-    done = run_mlbench("synth", "deepcam", str(outdir), "--samples", "32")
-    assert done.returncode == 0, done.stderr
-    return outdir
+    return synth_with_cli(tmp_path_factory, "deepcam", 32)
 
 
 # --- model ------------------------------------------------------------------------------------

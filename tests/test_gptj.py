@@ -231,13 +231,8 @@ def test_missing_tokenizer_exits_2_naming_it(c4_synth, tmp_path):
     assert not done.events("run_start")
 
 
-def time_to_target(done) -> float:
-    run_start, run_stop = done.events("run_start")[0], done.events("run_stop")[0]
-    return (run_stop["time_ms"] - run_start["time_ms"]) / 1000
-
-
 def report(done, label: str) -> None:
-    print(f"gptj smoke, {label}: {time_to_target(done):.1f} s to target, "
+    print(f"gptj smoke, {label}: {done.time_to_target():.1f} s to target, "
           f"{done.events('mlbench_throughput')[-1]['value']:.1f} sequences/s")
 
 

@@ -23,9 +23,10 @@ PERFLOG_AUTH_SCHEME_ENV = 'MLBENCH_PERFLOG_AUTH_SCHEME'
 PERFLOG_DATEFMT = '%FT%T%:z'
 
 #: Columns before the performance variables, in order, as ReFrame names them in the header.
-#: ``num_nodes``, ``device`` and ``scale`` are the parameters of every benchmark class and
-#: ``launcher`` its test variable; ``fail_phase`` says where a failed run stopped.
-PERFLOG_LEADING_COLUMNS = (
+#: ``num_nodes``, ``device`` and ``scale`` are the parameters of every benchmark class;
+#: ``fail_phase`` says where a failed run stopped. :data:`SETTINGS_COLUMNS` and
+#: :data:`ENVIRONMENT_COLUMNS` follow them.
+RUN_COLUMNS = (
     'job_completion_time',
     'system',
     'partition',
@@ -36,22 +37,53 @@ PERFLOG_LEADING_COLUMNS = (
     'num_nodes',
     'device',
     'scale',
-    'launcher',
     'num_tasks',
     'jobid',
     'job_nodelist',
     'version',
 )
 
+#: Test variables that change a run's numbers: runs compare only with runs of equal settings.
+#: ``num_ranks`` is the number of training processes; ``overrides`` the ``--set`` list.
+SETTINGS_COLUMNS = (
+    'launcher',
+    'batch_size',
+    'cpu_rank_unit',
+    'num_ranks',
+    'overrides',
+)
+
+#: The run's software and hardware, from the ``mlbench_environment`` MLLOG event (the same
+#: names as ``benchmarks.core.constants.ENVIRONMENT_FIELDS``, minus ``world_size``, which is
+#: ``num_ranks``). A change here is shown beside a regression, not hidden by it.
+ENVIRONMENT_COLUMNS = (
+    'mlbench_version',
+    'torch_version',
+    'cuda_version',
+    'cudnn_version',
+    'nccl_version',
+    'gpu_model',
+    'gpu_driver',
+)
+
+PERFLOG_LEADING_COLUMNS = RUN_COLUMNS + SETTINGS_COLUMNS + ENVIRONMENT_COLUMNS
+
 #: Column suffixes written for every performance variable, in order.
 PERFVAR_SUFFIXES = ('value', 'unit', 'ref', 'lower_thres', 'upper_thres')
 
-#: Performance variables of every benchmark class and their units.
+#: Performance variables of every benchmark class and their units. ``epochs_to_target`` is
+#: counted in samples where the benchmark's MLPerf rules count samples (its unit says which).
 PERFORMANCE_VARIABLES = {
     'time_to_target': 's',
     'throughput': 'samples/s',
     'throughput_per_device': 'samples/s',
     'epoch_time': 's',
+    'epochs_to_target': 'epochs',
+    'staging_time': 's',
+    'energy_to_target': 'J',
+    'energy_per_sample': 'J/sample',
+    'average_power': 'W',
+    'slurm_energy': 'J',
 }
 
 

@@ -18,6 +18,12 @@ DIRECTIONS = {
     'epoch_time': LOWER,
     'throughput': HIGHER,
     'throughput_per_device': HIGHER,
+    'epochs_to_target': LOWER,
+    'staging_time': LOWER,
+    'energy_to_target': LOWER,
+    'energy_per_sample': LOWER,
+    'average_power': LOWER,
+    'slurm_energy': LOWER,
 }
 _TIME_UNITS = {'s', 'sec', 'secs', 'second', 'seconds', 'ms', 'us', 'ns', 'min', 'mins',
                'minute', 'minutes', 'h', 'hour', 'hours'}

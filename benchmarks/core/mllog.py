@@ -2,7 +2,8 @@
 
 Every line is ``:::MLLOG {...}`` on stdout (and in ``training.log_file`` when set), readable
 by the official compliance checker and by the ReFrame layer. Keys are the package's
-constants plus the project's own, namespaced ``mlbench_`` (see CONTRACTS.md):
+constants plus the project's own, namespaced ``mlbench_`` (names in
+:mod:`benchmarks.core.constants`):
 
 - ``mlbench_throughput``: training samples/s of the epoch just finished (metadata epoch_num)
 - ``mlbench_target``: the configured target, metadata ``lower_is_better`` and ``metric``
@@ -19,13 +20,18 @@ from typing import Any
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog import mllog as mllog_impl
 
+from benchmarks.core.constants import (  # noqa: F401 - re-exported for the loop and runner
+    ENERGY,
+    ENVIRONMENT,
+    NUM_PARAMETERS,
+    PEAK_MEMORY,
+    RESUMED,
+    STAGING_START,
+    STAGING_STOP,
+    TARGET,
+    THROUGHPUT,
+)
 from benchmarks.core.errors import ConfigError
-
-THROUGHPUT = "mlbench_throughput"
-TARGET = "mlbench_target"
-PEAK_MEMORY = "mlbench_peak_memory"
-NUM_PARAMETERS = "mlbench_num_parameters"
-RESUMED = "mlbench_resumed"
 
 NUMBER_OF_NODES = "number_of_nodes"
 ACCELERATORS_PER_NODE = "accelerators_per_node"
@@ -91,4 +97,4 @@ class MLLogger:
 
 
 __all__ = ["MLLogger", "constants", "THROUGHPUT", "TARGET", "PEAK_MEMORY", "NUM_PARAMETERS",
-           "RESUMED"]
+           "RESUMED", "ENVIRONMENT", "ENERGY", "STAGING_START", "STAGING_STOP"]

@@ -8,13 +8,15 @@
   (or a :class:`WeightedDistributedSampler` when samples have weights), seeded workers, and
   pinned, persistent workers on GPU.
 - :func:`worker_shard`: the (rank, worker) slot of an iterable dataset inside a worker.
-- :func:`to_device`: move a batch (tensor, dict, list or tuple of them) to the device.
+- :func:`to_device` / :func:`to_channels_last`: move a batch (tensor, dict, list or tuple of
+  them) to the device / put its images in channels-last layout.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 from tqdm import tqdm
 
+from benchmarks.core.checkpoint import StopRequest
 from benchmarks.core.distributed import DistEnv
 from benchmarks.core.errors import InputError
 
@@ -85,7 +88,30 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
 
 
-def _seed_worker(worker_id: int) -> None:
+class StopSignalSafeLoader(DataLoader):
+    """A DataLoader whose workers leave SIGTERM and SIGUSR1 to the main process.
+
+    Slurm's SIGTERM (preemption, requeue, scancel) and ``--signal=USR1`` reach every process
+    of the job step, loader workers included. A worker that died of one would make the main
+    process fail on its next batch instead of checkpointing at the signal. The signals are
+    held while the workers start (they inherit the mask), and each worker ignores them before
+    releasing them, so none can die of one; the main process stops cleanly and its workers
+    end with it.
+    """
+
+    def __iter__(self) -> Iterator:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, StopRequest.SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _start_worker(worker_id: int) -> None:
+    """Ignore the stop signals (see :class:`StopSignalSafeLoader`) and seed the generators."""
+    for signum in StopRequest.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, StopRequest.SIGNALS)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -95,14 +121,15 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv
                  device: torch.device, num_workers: int, prefetch_factor: int = 2,
                  shuffle: bool = True, drop_last: bool = True, seed: int = 0,
                  collate_fn: Any = None,
-                 sample_weights: Sequence[float] | None = None) -> DataLoader:
+                 sample_weights: Sequence[float] | None = None) -> StopSignalSafeLoader:
     """A DataLoader for one rank.
 
     Map-style training sets get a ``DistributedSampler`` over all ranks, or with
     ``sample_weights`` a :class:`WeightedDistributedSampler`; evaluation sets an
     :class:`EvalShardSampler`, which gives every sample to exactly one rank (no padding with
     repeated samples, which would bias the metric). Iterable datasets shard themselves (see
-    :func:`worker_shard`). Workers are seeded from ``seed`` and persistent on GPU.
+    :func:`worker_shard`). Workers are seeded from ``seed``, leave SIGTERM and SIGUSR1
+    to the main process, and are persistent on GPU.
     """
     sampler: Sampler | None = None
     if not isinstance(dataset, IterableDataset):
@@ -116,7 +143,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv
     generator = torch.Generator()
     generator.manual_seed(seed + env.rank)
     on_gpu = device.type == "cuda"
-    return DataLoader(
+    return StopSignalSafeLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -124,7 +151,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv
         collate_fn=collate_fn,
         pin_memory=on_gpu,
         drop_last=train and drop_last,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=_start_worker,
         generator=generator,
         persistent_workers=on_gpu and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
@@ -206,17 +233,24 @@ def synthetic_samples(outdir: Path, splits: dict[str, int], benchmark: str,
                 progress.update()
 
 
-def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+def to_device(batch: Any, device: torch.device) -> Any:
     """Move tensors (also inside dicts, lists and tuples) to ``device``, asynchronously."""
+    return _map_tensors(lambda tensor: tensor.to(device, non_blocking=True), batch)
+
+
+def to_channels_last(batch: Any) -> Any:
+    """Images (4-dimensional floating-point tensors) of ``batch`` in channels-last layout."""
+    return _map_tensors(lambda tensor: tensor.contiguous(memory_format=torch.channels_last)
+                        if tensor.dim() == 4 and tensor.is_floating_point() else tensor, batch)
+
+
+def _map_tensors(function: Callable[[torch.Tensor], torch.Tensor], batch: Any) -> Any:
     if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        return function(batch)
     if isinstance(batch, dict):
-        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
+        return {key: _map_tensors(function, value) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device, channels_last) for value in batch)
+        return type(batch)(_map_tensors(function, value) for value in batch)
     return batch
 
 

@@ -10,6 +10,11 @@ scheduler, loop position; written by rank 0) and ``rng-rank<R>.pt`` (each rank's
 generators). It is written under a temporary name and renamed when complete, then the
 ``latest`` file is replaced atomically, so a kill at any moment leaves the previous
 checkpoint intact. The folder must be on a file system every rank sees.
+
+A checkpoint folder on a shared file system is not a trusted input, and unpickling runs
+code. Checkpoints therefore hold only tensors, numbers, strings, None, and lists, tuples and
+dicts of them (random generator states as tensors), and are read with
+``torch.load(weights_only=True)``: a file that needs anything else is refused, naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -91,6 +97,7 @@ class Checkpointer:
 
     def save(self, epoch: int, step: int, state: dict[str, Any]) -> Path:
         """Write the checkpoint of ``epoch`` after ``step`` optimizer steps; all ranks call it."""
+        _require_plain(state, "state")
         name = f"epoch{epoch:04d}-step{step:07d}"
         final = self.directory / name
         staging = self.directory / f".{name}.tmp"
@@ -116,34 +123,70 @@ class Checkpointer:
 
 
 def capture_rng() -> dict[str, Any]:
-    """This process's random generators (python, numpy, torch, CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """This process's random generators (python, numpy, torch, CUDA) as tensors and numbers."""
+    _, python_state, python_gauss = random.getstate()
+    _, numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    state = {
+        "python": {"state": torch.tensor(python_state, dtype=torch.int64),
+                   "gauss": python_gauss},
+        "numpy": {"keys": torch.from_numpy(numpy_keys.astype(np.int64)),
+                  "position": int(numpy_position), "has_gauss": int(numpy_has_gauss),
+                  "gauss": float(numpy_gauss)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Put back the generators :func:`capture_rng` captured."""
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((_PYTHON_RNG_VERSION, tuple(python["state"].tolist()), python["gauss"]))
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_PYTHON_RNG_VERSION = 3  # the only version random.getstate() has written since Python 3.2
+_PLAIN = (torch.Tensor, str, int, float, bool, type(None))
+
+
+def _require_plain(value: Any, where: str) -> None:
+    """Refuse to save what ``torch.load(weights_only=True)`` could not read back."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"checkpoint entry {where}: key {key!r} is not a string or int")
+            _require_plain(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _require_plain(item, f"{where}[{index}]")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"checkpoint entry {where}: a {type(value).__name__}, not a tensor, "
+                        "number, string, list or dict")
+
+
 def _load(path: Path) -> dict[str, Any]:
-    """A checkpoint file written by :meth:`Checkpointer.save` (a pickle: trusted files only)."""
+    """A checkpoint file written by :meth:`Checkpointer.save`, read without running code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsupported = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if unsupported:
+            raise InputError(f"{path}: refused: holds a pickled object ({unsupported.group(1)}); "
+                             "checkpoints may hold only tensors, numbers and strings") from None
+        raise InputError(f"{path}: unreadable checkpoint (UnpicklingError)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise InputError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a checkpoint written by mlbench")
     return state
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
     torch.save(obj, tmp)
     tmp.replace(path)

@@ -1,14 +1,11 @@
 """The ``mlbench`` command: train, synth, table and perflogs (see CONTRACTS.md).
 
-Each benchmark is found by name as ``benchmarks.<name>.train.SPEC`` (a
-:class:`~benchmarks.core.runner.BenchmarkSpec`), so adding a benchmark needs no change here
-beyond its name in :data:`BENCHMARKS`.
+Benchmarks are looked up by name in :mod:`benchmarks.registry`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import shutil
 import sys
 from pathlib import Path
@@ -18,41 +15,16 @@ import torch
 from benchmarks.core.config import load_config
 from benchmarks.core.errors import BenchmarkError, ConfigError
 from benchmarks.core.memory import measure
-from benchmarks.core.runner import BenchmarkSpec, add_train_arguments, run_with_args
+from benchmarks.core.runner import BenchmarkSpec, add_train_arguments, train
+from benchmarks.registry import BENCHMARKS, available_specs, load_spec
 from perflogs_parsers.cli import register as register_perflogs
-
-BENCHMARKS = ("resnet50", "bert_large", "gptj", "cosmoflow", "deepcam", "alphafold2")
 
 OPTIMIZER_STATE_BYTES = {"sgd": 4, "lars": 4, "adam": 8, "adamw": 8, "lamb": 8}
 WEIGHT_AND_GRADIENT_BYTES = 4 + 4
 
 
-def load_spec(name: str) -> BenchmarkSpec:
-    """The benchmark's SPEC; an unknown or not yet implemented name is a ConfigError."""
-    if name not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r} (choose from {', '.join(BENCHMARKS)})")
-    try:
-        module = importlib.import_module(f"benchmarks.{name}.train")
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith(f"benchmarks.{name}"):
-            raise ConfigError(f"benchmark {name!r} is not implemented in this version") from None
-        raise
-    return module.SPEC
-
-
-def available_specs() -> list[BenchmarkSpec]:
-    """Specs of the benchmarks that are implemented, in the contract's order."""
-    specs = []
-    for name in BENCHMARKS:
-        try:
-            specs.append(load_spec(name))
-        except ConfigError:
-            continue
-    return specs
-
-
 def _train(args: argparse.Namespace) -> int:
-    return run_with_args(load_spec(args.benchmark), args)
+    return train(load_spec(args.benchmark), args)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -92,7 +64,7 @@ def table_rows(specs: list[BenchmarkSpec]) -> list[dict[str, object]]:
         per_parameter = WEIGHT_AND_GRADIENT_BYTES + OPTIMIZER_STATE_BYTES[config.opt.name]
         rows.append({
             "benchmark": spec.name,
-            "task": spec.task,
+            "task": spec.problem,
             "model": spec.model_name,
             "dataset": spec.dataset,
             "parameters": parameters,
@@ -103,14 +75,15 @@ def table_rows(specs: list[BenchmarkSpec]) -> list[dict[str, object]]:
 
 
 def _table(args: argparse.Namespace) -> int:
-    rows = table_rows(available_specs())
+    specs = available_specs()
+    rows = table_rows(specs)
     if args.measure:
         device = args.device if args.device != "auto" else (
             "cuda" if torch.cuda.is_available() else "cpu")
-        for row in rows:
+        for spec, row in zip(specs, rows, strict=True):
             print(f"measuring {row['benchmark']} ({device}, batch {args.batch_size}) ...",
                   file=sys.stderr, flush=True)
-            measured = measure(str(row["benchmark"]), device, args.batch_size)
+            measured = measure(spec, device, args.batch_size)
             row["measured_gib"] = round(measured["peak_bytes"] / 2**30, 3)
             row["measured_at"] = f"{measured['scale']} {device} batch {args.batch_size}"
     columns = list(rows[0]) if rows else []

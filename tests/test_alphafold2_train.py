@@ -91,14 +91,14 @@ def test_ema_follows_optimizer_steps_and_survives_the_state_dict():
     model = small_training_model(ema_decay=0.5)
     inputs = recycled_inputs(samples=1)
     model.train()
-    model(**inputs)  # first call snapshots the weights
+    model.update_ema()  # after the first step: the average starts at the weights
     name = "structure_module.bb_update.linear.weight"
     start = dict(model.model.named_parameters())[name].detach().clone()
     with torch.no_grad():
         for parameter in model.model.parameters():
-            parameter.add_(0.1)  # what an optimizer step does: in-place updates
-    model(**inputs)
-    model(**inputs)  # no new step: no second update
+            parameter.add_(0.1)  # what an optimizer step does
+    model.update_ema()
+    model(**inputs)  # forward passes leave the average alone
     torch.testing.assert_close(model.ema[name], start + 0.05)
 
     state = model.state_dict()

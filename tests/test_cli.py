@@ -23,7 +23,7 @@ def test_table_formats(capsys):
 
 
 def test_measured_memory_includes_more_than_the_weights():
-    measured = measure("resnet50", "cpu", 4)
+    measured = measure(RESNET50, "cpu", 4)
     assert measured["scale"] == "smoke" and measured["batch_size"] == 4
     assert measured["peak_bytes"] > 130_002 * 4 * 3
 

@@ -1,4 +1,5 @@
-"""The shared loop: optimizer steps with accumulation, block epochs, targets, NaN aborts."""
+"""The shared loop: optimizer steps with accumulation, block epochs, targets, NaN aborts,
+the task's extension points, checkpoints at a stop signal and exact resumption."""
 
 from pathlib import Path
 
@@ -88,6 +89,58 @@ def test_real_optimizer_on_the_loop_learns():
     result = Trainer(task, task.model, optimizer, scheduler, config, DistEnv(), CPU,
                      mllog.MLLogger(enabled=False)).run()
     assert result.last_metric > 0.8
+
+
+def test_after_step_runs_once_per_optimizer_step():
+    task = make_task()
+    calls = []
+    task.after_step = lambda: calls.append(task.model.weight.detach().clone())
+    _, optimizer = run(task, accumulation=3)
+    assert len(calls) == optimizer.steps == 8
+    assert not torch.equal(calls[0], calls[1])  # called after the step changed the weights
+
+
+def test_the_tasks_own_steps_per_epoch_make_block_epochs():
+    task = make_task()
+    task.steps_per_epoch = 13  # more than a pass (10 steps): the loader cycles
+    _, optimizer = run(task)
+    assert optimizer.steps == 2 * 13
+
+
+def test_device_transform_sees_every_training_and_evaluation_batch_on_the_device():
+    task = make_task()
+    seen = []
+
+    def transform(batch):
+        inputs, targets = batch
+        seen.append(inputs.device)
+        return inputs * 2, targets
+
+    task.device_transform = transform
+    run(task, n_epochs=1)
+    assert len(seen) == 10 + 10 and set(seen) == {CPU}
+
+
+def test_accumulation_all_reduces_on_the_last_micro_batch_of_each_step_only(tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store",
+                                         rank=0, world_size=1)
+    try:
+        task = make_task(samples=24)
+        model = nn.parallel.DistributedDataParallel(task.model)
+        syncs = []
+        model.register_forward_pre_hook(
+            lambda module, args: syncs.append(module.require_backward_grad_sync))
+        config = build_config({"data": {"gradient_accumulation": 4},
+                               "training": {"n_epochs": 1}}, ConfigSchema())
+        optimizer = CountingSGD(model.parameters(), lr=0.5)
+        scheduler = build_scheduler(optimizer, config.lr_schedule, 0.5, 2, 2)
+        Trainer(task, model, optimizer, scheduler, config, DistEnv(), CPU,
+                mllog.MLLogger(enabled=False)).run()
+    finally:
+        torch.distributed.destroy_process_group()
+    training = syncs[:6]  # 6 micro-batches (steps of 4 and 2), then evaluation
+    assert training == [False, False, False, True, False, True]
+    assert optimizer.steps == 2
 
 
 def test_weighted_sampler_draws_by_weight_and_splits_one_draw_over_the_ranks():

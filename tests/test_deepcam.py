@@ -243,7 +243,7 @@ def test_sync_batchnorm_on_cpu_processes_is_a_config_error(small_data):
     context.reset()
     context.config = load_config(SPEC.folder / "smoke.yaml", SPEC.schema,
                                  [f"data.data_dir={small_data}", "model.sync_batchnorm=true"])
-    context.dist, context.device = DistEnv(rank=0, world_size=2), torch.device("cpu")
+    context.env, context.device = DistEnv(rank=0, world_size=2), torch.device("cpu")
     try:
         with pytest.raises(ConfigError, match="model.sync_batchnorm"):
             SPEC.build_task(context)

@@ -40,7 +40,7 @@ from benchmarks.core.config import Config, ConfigSchema, DataConfig, GlobalConte
 from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.core.loop import Task
-from benchmarks.core.runner import BenchmarkSpec, run
+from benchmarks.core.runner import BenchmarkSpec, main
 
 
 @dataclass
@@ -94,7 +94,7 @@ def load_initial_weights(model: AlphaFoldForTraining, path: str) -> None:
 
 
 def build_task(context: GlobalContext) -> Task:
-    config, env, device = context.cfg, context.dist, context.device
+    config, env, device = context.cfg, context.env, context.device
     data = config.data
     if data.eval_batch_size > 1:
         raise ConfigError("config key 'data.eval_batch_size': must be 1 (validation chains "
@@ -130,6 +130,7 @@ def build_task(context: GlobalContext) -> Task:
         metric=LDDTCaMetric(),
         train_samples=len(train_set),
         eval_samples=len(eval_set),
+        after_step=model.update_ema,
         hyperparameters={
             "train_crop_size": data.crop_size,
             "max_msa_clusters": data.max_msa_clusters,
@@ -144,7 +145,7 @@ def build_task(context: GlobalContext) -> Task:
 SPEC = BenchmarkSpec(
     name="alphafold2",
     mllog_name="openfold",
-    task="protein structure prediction",
+    problem="protein structure prediction",
     model_name="AlphaFold2 (OpenFold initial training)",
     dataset="OpenProteinSet alignments + PDB mmCIF",
     folder=Path(__file__).parent,
@@ -156,4 +157,4 @@ SPEC = BenchmarkSpec(
 )
 
 if __name__ == "__main__":
-    sys.exit(run(SPEC))
+    sys.exit(main(SPEC))

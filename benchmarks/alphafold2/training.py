@@ -35,11 +35,11 @@ class AlphaFoldTrainingConfig(AlphaFoldConfig):
 class AlphaFoldForTraining(nn.Module):
     """AlphaFold with recycling sampled per step and EMA weights for evaluation.
 
-    The EMA is updated whenever the optimizer has changed the weights (detected from the
-    parameters' in-place version counters), so gradient accumulation and evaluation in the
-    middle of an epoch see exactly one update per optimizer step. The averaged weights are
-    plain tensors, not buffers, so DDP does not broadcast them; they are saved in the state
-    dict under ``ema.``.
+    :meth:`update_ema` is the task's ``after_step``: the loop calls it after every optimizer
+    step, so gradient accumulation and evaluation in the middle of an epoch see exactly one
+    update per step. The average starts at the weights after the first step. The averaged
+    weights are plain tensors, not buffers, so DDP does not broadcast them; they are saved in
+    the state dict under ``ema.``.
     """
 
     def __init__(self, config: AlphaFoldTrainingConfig, seed: int = 0):
@@ -47,26 +47,20 @@ class AlphaFoldForTraining(nn.Module):
         self.model = AlphaFold(config)
         self.ema_decay = config.ema_decay
         self.ema: dict[str, torch.Tensor] = {}
-        self._ema_version = -1
         self.recycle_generator = torch.Generator().manual_seed(seed)
-
-    def _weights_version(self) -> int:
-        return sum(p._version for p in self.model.parameters())
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        version = self._weights_version()
-        if self.ema_decay <= 0 or version == self._ema_version:
+        """Move the average of the weights towards the weights an optimizer step just made."""
+        if self.ema_decay <= 0:
             return
         if not self.ema:
             self.ema = {name: p.detach().clone() for name, p in self.model.named_parameters()}
         else:
             for name, p in self.model.named_parameters():
                 self.ema[name].lerp_(p.detach(), 1.0 - self.ema_decay)
-        self._ema_version = version
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.update_ema()
         samples = inputs["msa_feat"].shape[-4]  # independent MSA samples = max recycles + 1
         if self.training:
             iterations = int(torch.randint(1, samples + 1, (1,),
@@ -94,7 +88,6 @@ class AlphaFoldForTraining(nn.Module):
         if ema:
             device = next(self.model.parameters()).device
             self.ema = {name: tensor.to(device) for name, tensor in ema.items()}
-            self._ema_version = self._weights_version()
 
 
 class LDDTCaMetric(RatioMetric):

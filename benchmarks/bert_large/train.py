@@ -36,7 +36,7 @@ from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.distributed import all_reduce_sum
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
-from benchmarks.core.runner import BenchmarkSpec, run
+from benchmarks.core.runner import BenchmarkSpec, main
 
 
 def build_model(config: Config) -> nn.Module:
@@ -50,7 +50,7 @@ def mlperf_eval_interval(global_batch_size: int) -> int:
 
 
 def build_task(context: GlobalContext) -> Task:
-    config, env, device = context.cfg, context.dist, context.device
+    config, env, device = context.cfg, context.env, context.device
     data, training = config.data, config.training
     root = require_dir(data.data_dir, "BERT dataset")
     train_files = list_shards(root / data.train_dir)[: data.train_subset or None]
@@ -60,9 +60,8 @@ def build_task(context: GlobalContext) -> Task:
     if train_set.seq_len > config.model.max_positions:
         raise ConfigError(f"config key 'model.max_positions': {config.model.max_positions} is "
                           f"shorter than the shards' sequences of {train_set.seq_len}")
-    if not training.steps_per_epoch:
-        training.steps_per_epoch = math.ceil(
-            mlperf_eval_interval(data.global_batch_size) / data.global_batch_size)
+    steps = training.steps_per_epoch or math.ceil(
+        mlperf_eval_interval(data.global_batch_size) / data.global_batch_size)
     model = build_model(config)
     if config.model.init_checkpoint:
         load_init_checkpoint(model, config.model.init_checkpoint)
@@ -76,7 +75,8 @@ def build_task(context: GlobalContext) -> Task:
         metric=MaskedLMAccuracy(),
         train_samples=_global_train_samples(train_set, device),
         eval_samples=eval_set.total,
-        hyperparameters=mlperf_lamb_keys(config, train_set.seq_len),
+        hyperparameters=mlperf_lamb_keys(config, train_set.seq_len, steps),
+        steps_per_epoch=steps,
         fsdp_units=lambda wrapped: wrapped.transformer_blocks(),
     )
 
@@ -89,13 +89,13 @@ def _global_train_samples(train_set: BertTrainStream, device: torch.device) -> i
     return int(all_reduce_sum(count).item())
 
 
-def mlperf_lamb_keys(config: Config, seq_len: int) -> dict[str, float]:
+def mlperf_lamb_keys(config: Config, seq_len: int, steps_per_epoch: int) -> dict[str, float]:
     """The optimizer keys the MLPerf BERT rules require (the runner logs the common ones)."""
     opt, schedule, training = config.opt, config.lr_schedule, config.training
-    per_unit = training.steps_per_epoch if schedule.unit == "epochs" else 1
+    per_unit = steps_per_epoch if schedule.unit == "epochs" else 1
     warmup = schedule.warmup * per_unit
     total_steps = (warmup + schedule.decay_length * per_unit if schedule.decay_length
-                   else training.steps_per_epoch * training.n_epochs)
+                   else steps_per_epoch * training.n_epochs)
     return {
         "opt_lamb_epsilon": opt.eps,
         "opt_lamb_beta_1": opt.betas[0],
@@ -105,14 +105,14 @@ def mlperf_lamb_keys(config: Config, seq_len: int) -> dict[str, float]:
         "num_warmup_steps": int(warmup),
         "start_warmup_step": 0,
         "max_sequence_length": seq_len,
-        "eval_frequency_samples": training.steps_per_epoch * config.data.global_batch_size,
+        "eval_frequency_samples": steps_per_epoch * config.data.global_batch_size,
     }
 
 
 SPEC = BenchmarkSpec(
     name="bert_large",
     mllog_name="bert",
-    task="language modelling (masked LM)",
+    problem="language modelling (masked LM)",
     model_name="BERT-Large (BertForMaskedLM)",
     dataset="Wikipedia 2020/01/01 (MLPerf HDF5 shards)",
     folder=Path(__file__).parent,
@@ -124,4 +124,4 @@ SPEC = BenchmarkSpec(
 )
 
 if __name__ == "__main__":
-    sys.exit(run(SPEC))
+    sys.exit(main(SPEC))

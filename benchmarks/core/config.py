@@ -361,12 +361,12 @@ class GlobalContext(metaclass=_Singleton):
     """The process-wide run context: the validated config and the distributed environment.
 
     ``GlobalContext()`` returns the same object everywhere in a process. The runner fills it
-    in (``config``, ``dist``, ``device``) before calling a benchmark's ``build_task``.
+    in (``config``, ``env``, ``device``) before calling a benchmark's ``build_task``.
     """
 
     def __init__(self) -> None:
         self.config: Config | None = None
-        self.dist: Any = None
+        self.env: Any = None
         self.device: Any = None
 
     @property
@@ -382,15 +382,15 @@ class GlobalContext(metaclass=_Singleton):
 
     @property
     def rank(self) -> int:
-        return self.dist.rank if self.dist is not None else 0
+        return self.env.rank if self.env is not None else 0
 
     @property
     def world_size(self) -> int:
-        return self.dist.world_size if self.dist is not None else 1
+        return self.env.world_size if self.env is not None else 1
 
     @property
     def local_rank(self) -> int:
-        return self.dist.local_rank if self.dist is not None else 0
+        return self.env.local_rank if self.env is not None else 0
 
     @property
     def is_main(self) -> bool:

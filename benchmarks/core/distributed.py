@@ -152,15 +152,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's value of ``flag`` on every rank (so every rank takes the same decision)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
 def _export_slurm_rendezvous() -> None:
     """MASTER_ADDR / MASTER_PORT for env:// init under srun, unless the user set them."""
     os.environ.setdefault("MASTER_ADDR", first_host(os.environ.get("SLURM_JOB_NODELIST",

@@ -1,12 +1,12 @@
 """The one training loop every benchmark runs, readable top to bottom in ``Trainer.run``.
 
 The loop runs epochs until the quality target is reached or ``training.n_epochs`` is spent.
-An epoch is one pass over the training loader, or, with ``training.steps_per_epoch``, a
-fixed block of optimizer steps over a loader that cycles (for benchmarks that evaluate every
-N samples). Each optimizer step accumulates ``data.gradient_accumulation`` micro-batches (DDP
-skips the all-reduce on all but the last). Losses stay on the device and are read once per
-``training.nan_check_every`` steps, when the ranks also agree on stopping: a non-finite loss
-aborts the run naming the epoch and step, and a SIGTERM/SIGUSR1 writes a checkpoint and
+An epoch is one pass over the training loader or a fixed block of optimizer steps over a
+loader that cycles (for benchmarks that evaluate every N samples; see :func:`steps_per_epoch`).
+Each optimizer step (:meth:`Trainer.train_step`) accumulates ``data.gradient_accumulation``
+micro-batches, DDP all-reducing on the last only. Losses stay on the device and are read once
+per ``training.nan_check_every`` steps, when the ranks also agree on stopping: a non-finite
+loss aborts the run naming the epoch and step, and a SIGTERM/SIGUSR1 writes a checkpoint and
 stops. Throughput is measured over the training steps alone; evaluation runs every
 ``training.eval_every`` epochs and after the last, with the metric reduced over ranks.
 """
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import nn
 from benchmarks.core import mllog
 from benchmarks.core.checkpoint import Checkpointer, StopRequest, restore_rng
 from benchmarks.core.config import Config
-from benchmarks.core.data import batch_size_of, to_device
+from benchmarks.core.data import batch_size_of, to_channels_last, to_device
 from benchmarks.core.distributed import DistEnv, all_reduce_sum
 from benchmarks.core.errors import ConfigError, NonFiniteLossError, PreemptedError
 from benchmarks.core.metrics import SumMetric
@@ -44,6 +43,17 @@ class Task:
     and ``metric.update(outputs, targets)`` accumulates the quality metric.
     ``train_samples`` / ``eval_samples`` are global dataset sizes for the MLPerf log;
     ``hyperparameters`` are extra MLPerf keys the benchmark logs at init.
+
+    The loop's extension points, all optional:
+
+    - ``steps_per_epoch``: the benchmark's own epoch length in optimizer steps (e.g. BERT's
+      MLPerf evaluation interval); 0 leaves it to ``training.steps_per_epoch``.
+    - ``after_step()``: called after every optimizer step (e.g. a moving average of the
+      weights).
+    - ``device_transform(batch)``: applied to every batch, training and evaluation, right
+      after it is moved to the device (e.g. decoding or normalising on the GPU).
+    - ``fsdp_units(model)``: the submodules to shard first under ``distributed.strategy:
+      fsdp`` (transformer blocks); the root is sharded last.
     """
 
     model: nn.Module
@@ -54,6 +64,9 @@ class Task:
     train_samples: int
     eval_samples: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    steps_per_epoch: int = 0
+    after_step: Callable[[], None] | None = None
+    device_transform: Callable[[Any], Any] | None = None
     fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
 
 
@@ -67,8 +80,9 @@ class LoopResult:
     throughputs: list[float]
 
 
-def steps_per_epoch(loader: Iterable, cfg: Config) -> int:
-    """Optimizer steps in one epoch: configured, or one pass over the loader."""
+def steps_per_epoch(loader: Iterable, cfg: Config, task_steps: int = 0) -> int:
+    """Optimizer steps in one epoch: the task's own count (``Task.steps_per_epoch``), else
+    ``training.steps_per_epoch``, else one pass over the loader."""
     try:
         micro_batches = len(loader)  # type: ignore[arg-type]
     except TypeError:
@@ -76,12 +90,30 @@ def steps_per_epoch(loader: Iterable, cfg: Config) -> int:
     if micro_batches == 0:
         raise ConfigError("config key 'data.global_batch_size': larger than the training set "
                           "on this rank (no full batch)")
-    if cfg.training.steps_per_epoch:
-        return cfg.training.steps_per_epoch
+    if task_steps or cfg.training.steps_per_epoch:
+        return task_steps or cfg.training.steps_per_epoch
     if micro_batches is None:
         raise ConfigError("config key 'training.steps_per_epoch': must be set for a streaming "
                           "dataset without a length")
-    return math.ceil(micro_batches / cfg.data.gradient_accumulation)
+    return -(-micro_batches // cfg.data.gradient_accumulation)
+
+
+@dataclass
+class LossWindow:
+    """Micro-batch losses since the ranks last agreed to go on, kept on the device (reading
+    one every step would make the host wait for the device), and the epoch's totals."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    epoch_samples: int = 0
+    epoch_loss_sum: float = 0.0
+
+    def add(self, loss: torch.Tensor, samples: int, step: int) -> None:
+        self.losses.append(loss.detach())
+        self.samples.append(samples)
+        self.steps.append(step)
+        self.epoch_samples += samples
 
 
 class Trainer:
@@ -97,10 +129,12 @@ class Trainer:
             cfg, cfg.training, env, device, log)
         self.checkpointer = checkpointer
         self.stop = stop or StopRequest()
-        self.accumulation = cfg.data.gradient_accumulation
-        self.steps = steps_per_epoch(task.train_loader, cfg)
-        self.batches = MicroBatches(task.train_loader, self.accumulation, self.steps,
-                                    cycling=bool(cfg.training.steps_per_epoch))
+        self.ddp = _ddp_of(model)
+        self.steps = steps_per_epoch(task.train_loader, cfg, task.steps_per_epoch)
+        self.batches = MicroBatches(task.train_loader, cfg.data.gradient_accumulation, self.steps,
+                                    cycling=bool(task.steps_per_epoch or
+                                                 cfg.training.steps_per_epoch))
+        self.window = LossWindow()
         self.epoch, self.step, self.block_first_epoch = 1, 0, 1
         self.last_metric: float | None = None
 
@@ -118,20 +152,12 @@ class Trainer:
                     "epoch_count": min(training.eval_every, training.n_epochs - epoch + 1)})
             self.log.start(constants.EPOCH_START, metadata={"epoch_num": epoch})
             started = time.perf_counter()
-            samples, loss_sum = self._train_epoch()
+            self._train_epoch()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - started
-            totals = all_reduce_sum(torch.tensor([samples, loss_sum], dtype=torch.float64,
-                                                 device=self.device)).cpu()
-            throughput = float(totals[0]) / elapsed
-            throughputs.append(throughput)
             self.log.end(constants.EPOCH_STOP, metadata={"epoch_num": epoch})
-            self.log.event(mllog.THROUGHPUT, throughput,
-                           metadata={"epoch_num": epoch, "epoch_time_s": elapsed})
-            self._progress(f"epoch {epoch}/{training.n_epochs}: loss "
-                           f"{float(totals[1]) / max(float(totals[0]), 1):.4f}, "
-                           f"{throughput:.1f} samples/s, {elapsed:.1f} s")
+            throughputs.append(self._log_throughput(elapsed))
 
             if epoch % training.eval_every == 0 or epoch == training.n_epochs:
                 self.log.end(constants.BLOCK_STOP,
@@ -155,73 +181,86 @@ class Trainer:
                        metadata={"device": str(self.device)})
         return LoopResult(reached, self.epoch, self.last_metric, throughputs)
 
-    def _train_epoch(self) -> tuple[int, float]:
-        """The epoch's optimizer steps; returns (samples on this rank, summed sample loss)."""
+    def _train_epoch(self) -> None:
+        """The epoch's optimizer steps, checking the losses every ``nan_check_every``."""
         self.model.train()
-        samples, loss_sum = 0, 0.0
-        window: list[torch.Tensor] = []  # this window's micro-batch losses, on the device
-        counts: list[int] = []  # and their sample counts
-        for batch, position, group_size in self.batches.epoch(self.step * self.accumulation):
-            inputs, targets = to_device(batch, self.device, self.training.channels_last)
-            is_boundary = position == group_size - 1
-            no_sync = getattr(self.model, "no_sync", None)
-            with contextlib.nullcontext() if is_boundary or no_sync is None else no_sync():
-                with self._autocast():
-                    loss = self.task.loss_fn(self._forward(inputs), targets)
-                if position == 0:
-                    # Freed here rather than after the step: the allocator then hands the old
-                    # gradients' memory straight to the new ones (measured: 6 % on a CPU).
-                    self.optimizer.zero_grad(set_to_none=True)
-                # No extra kernel for the common case of no accumulation.
-                (loss if group_size == 1 else loss / group_size).backward()
-            count = batch_size_of(inputs)
-            samples += count
-            window.append(loss.detach())
-            counts.append(count)
-            if not is_boundary:
-                continue
-            if self.cfg.opt.clip_grad_norm:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.opt.clip_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
+        self.window = LossWindow()
+        for micro_batches in self.batches.epoch(self.step):
+            self.train_step(micro_batches)
             if self.step % self.training.nan_check_every == 0:
-                loss_sum += self._check_window(window, counts)
-                window, counts = [], []
-        if window:
-            loss_sum += self._check_window(window, counts)
-        return samples, loss_sum
+                self._check_losses()
+        self._check_losses()
 
-    def _check_window(self, window: list[torch.Tensor], counts: list[int]) -> float:
-        """One host sync per window: its sample-weighted loss sum; the ranks agree to go on.
+    def train_step(self, micro_batches: Collection) -> None:
+        """One optimizer step over ``micro_batches`` (gradient accumulation when several)."""
+        count = len(micro_batches)
+        for index, batch in enumerate(micro_batches):
+            inputs, targets = self._to_device(batch)
+            if self.ddp is not None:  # all-reduce the gradients on the last micro-batch only
+                self.ddp.require_backward_grad_sync = index == count - 1
+            with self._autocast():
+                loss = self.task.loss_fn(_call(self.model, inputs), targets)
+            if index == 0:
+                # Freed here rather than after the step: the allocator then hands the old
+                # gradients' memory straight to the new ones (measured: 6 % on a CPU).
+                self.optimizer.zero_grad(set_to_none=True)
+            # No division kernel without accumulation.
+            (loss / count if count > 1 else loss).backward()
+            self.window.add(loss, batch_size_of(inputs), self.step + 1)
+        if self.cfg.opt.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.opt.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.task.after_step is not None:
+            self.task.after_step()
 
-        A non-finite loss on any rank aborts every rank; a stop signal on any rank makes every
-        rank checkpoint (when a checkpoint folder is configured) and stop.
-        """
-        losses = torch.stack(window).float()
+    def _check_losses(self) -> None:
+        """The window's one wait for the device: add its losses to the epoch's, then let the
+        ranks agree. A non-finite loss on any rank aborts every rank; a stop signal on any
+        rank makes every rank checkpoint (when a checkpoint folder is configured) and stop."""
+        window = self.window
+        if not window.losses:
+            return
+        losses = torch.stack(window.losses).float().cpu()
         finite = torch.isfinite(losses)
-        flags = torch.tensor([float(not bool(finite.all())), float(self.stop.requested)],
-                             device=self.device)
-        all_reduce_sum(flags)
-        if flags[0] > 0:
-            first_step = self.step - math.ceil(len(window) / self.accumulation) + 1
-            if not bool(finite.all()):
+        flags = all_reduce_sum(torch.tensor(
+            [float(not finite.all()), float(self.stop.requested)], device=self.device))
+        nonfinite_anywhere, stop_anywhere = flags.tolist()
+        if nonfinite_anywhere:
+            if not finite.all():
                 bad = int((~finite).nonzero()[0, 0])
-                raise NonFiniteLossError(
-                    f"loss is {losses[bad].item()} at epoch {self.epoch} step "
-                    f"{first_step + bad // self.accumulation}")
+                raise NonFiniteLossError(f"loss is {losses[bad].item()} at epoch {self.epoch} "
+                                         f"step {window.steps[bad]}")
             raise NonFiniteLossError(f"loss is not finite on another rank at epoch {self.epoch} "
-                                     f"between steps {first_step} and {self.step}")
-        if flags[1] > 0:
-            reason = self.stop.signal_name or "another rank was signalled"
-            if self.checkpointer:
-                where = self._save(self.epoch, self.step)
-                raise PreemptedError(f"stopped by {reason} at epoch {self.epoch} step "
-                                     f"{self.step}: checkpoint {where}; rerun with the same "
-                                     "training.checkpoint_dir to resume")
-            raise PreemptedError(f"stopped by {reason} at epoch {self.epoch} step {self.step} "
-                                 "(no training.checkpoint_dir, nothing saved)")
-        return float(losses @ torch.tensor(counts, dtype=losses.dtype, device=losses.device))
+                                     f"between steps {window.steps[0]} and {self.step}")
+        if stop_anywhere:
+            self._stop_for_signal()
+        window.epoch_loss_sum += float(losses @ torch.tensor(window.samples, dtype=losses.dtype))
+        window.losses, window.samples, window.steps = [], [], []
+
+    def _stop_for_signal(self) -> None:
+        reason = self.stop.signal_name or "another rank was signalled"
+        where = f"at epoch {self.epoch} step {self.step}"
+        if not self.checkpointer:
+            raise PreemptedError(f"stopped by {reason} {where} (no training.checkpoint_dir, "
+                                 "nothing saved)")
+        saved = self._save(self.epoch, self.step)
+        raise PreemptedError(f"stopped by {reason} {where}: checkpoint {saved}; rerun with the "
+                             "same training.checkpoint_dir to resume")
+
+    def _log_throughput(self, elapsed: float) -> float:
+        """Log the epoch's samples/s over all ranks and print its mean loss; return the rate."""
+        totals = all_reduce_sum(torch.tensor(
+            [self.window.epoch_samples, self.window.epoch_loss_sum], dtype=torch.float64,
+            device=self.device)).tolist()
+        throughput = totals[0] / elapsed
+        self.log.event(mllog.THROUGHPUT, throughput,
+                       metadata={"epoch_num": self.epoch, "epoch_time_s": elapsed})
+        self._progress(f"epoch {self.epoch}/{self.training.n_epochs}: loss "
+                       f"{totals[1] / max(totals[0], 1):.4f}, {throughput:.1f} samples/s, "
+                       f"{elapsed:.1f} s")
+        return throughput
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -236,22 +275,29 @@ class Trainer:
         metric.reset()
         batches, inputs = 0, None
         for batch in self.task.eval_loader:
-            inputs, targets = to_device(batch, self.device, self.training.channels_last)
-            metric.update(self._forward(inputs), targets)
+            inputs, targets = self._to_device(batch)
+            with self._autocast():
+                outputs = _call(self.model, inputs)
+            metric.update(outputs, targets)
             batches += 1
         if self.env.is_distributed and hasattr(self.task.eval_loader, "__len__"):
             most = torch.tensor([len(self.task.eval_loader)], device=self.device)
             torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
             for _ in range(int(most.item()) - batches):
-                self._forward(inputs)
+                with self._autocast():
+                    _call(self.model, inputs)
         return metric.compute(self.device)
 
-    def _forward(self, inputs: Any) -> Any:
-        with self._autocast():
-            return self.model(**inputs) if isinstance(inputs, dict) else self.model(inputs)
+    def _to_device(self, batch: Any) -> Any:
+        """The batch on the device, through the task's device transform, in the configured
+        memory format."""
+        batch = to_device(batch, self.device)
+        if self.task.device_transform is not None:
+            batch = self.task.device_transform(batch)
+        return to_channels_last(batch) if self.training.channels_last else batch
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when ``training.amp`` is on (a fresh context each time: they nest)."""
+        """bf16 autocast when ``training.amp`` is on."""
         if not self.training.amp:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -292,14 +338,25 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _call(model: nn.Module, inputs: Any) -> Any:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", getattr(model, "_orig_mod", model))
 
 
-class MicroBatches:
-    """Yields ``(batch, position_in_group, group_size)`` for each epoch's optimizer steps.
+def _ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DDP wrapper (also under ``torch.compile``), whose gradient sync accumulation skips;
+    FSDP reduce-scatters every micro-batch, which keeps its gradients sharded."""
+    model = getattr(model, "_orig_mod", model)
+    return model if isinstance(model, nn.parallel.DistributedDataParallel) else None
 
-    In pass mode an epoch is one pass over the loader and its last group may be short. In
+
+class MicroBatches:
+    """Each epoch's optimizer steps, each the micro-batches it accumulates.
+
+    In pass mode an epoch is one pass over the loader and its last step may be short. In
     block mode an epoch takes ``steps * accumulation`` micro-batches from a loader that
     restarts (with the next sampler epoch) whenever it runs out. The position in the current
     pass can be saved and restored: a resumed run re-creates the pass from the loader's saved
@@ -315,6 +372,17 @@ class MicroBatches:
         self.consumed = 0
         self._pass_rng: torch.Tensor | None = None
         self._iterator: Iterator | None = None
+
+    def epoch(self, start_step: int = 0) -> Iterator[StepBatches]:
+        """This epoch's steps from ``start_step`` on (non-zero on resume)."""
+        if self.cycling:
+            micro_batches, total = self._cycle(), self.steps * self.accumulation
+        else:
+            micro_batches, total = self._remaining_of_pass(), len(self.loader)  # type: ignore
+        for first in range(start_step * self.accumulation, total, self.accumulation):
+            yield StepBatches(micro_batches, min(self.accumulation, total - first))
+        if not self.cycling:
+            self._iterator = None  # the pass is over; the next epoch starts a new one
 
     def _new_pass(self) -> Iterator:
         for owner in (getattr(self.loader, "sampler", None), getattr(self.loader, "dataset", None)):
@@ -342,18 +410,6 @@ class MicroBatches:
                 raise ConfigError("config key 'data.global_batch_size': larger than the "
                                   "training set on this rank (a pass gives no full batch)")
 
-    def epoch(self, start: int = 0) -> Iterator[tuple[Any, int, int]]:
-        """This epoch's micro-batches, from micro-batch ``start`` on (non-zero on resume)."""
-        if self.cycling:
-            total = self.steps * self.accumulation
-            source = itertools.islice(self._cycle(), total - start)
-        else:
-            total = len(self.loader)  # type: ignore[arg-type]
-            source = self._remaining_of_pass()
-        for index, batch in enumerate(source, start):
-            group_start = index - index % self.accumulation
-            yield batch, index - group_start, min(self.accumulation, total - group_start)
-
     def state(self) -> dict[str, Any]:
         generator = getattr(self.loader, "generator", None)
         return {"passes": self.passes, "consumed": self.consumed, "pass_rng": self._pass_rng,
@@ -375,3 +431,17 @@ class MicroBatches:
         for _ in range(state["consumed"]):
             next(self._iterator)
         self.consumed = state["consumed"]
+
+
+class StepBatches:
+    """The micro-batches of one optimizer step: ``len`` of them, drawn from ``source`` as
+    they are iterated (not held in memory together)."""
+
+    def __init__(self, source: Iterator, size: int) -> None:
+        self.source, self.size = source, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(self.source, self.size)

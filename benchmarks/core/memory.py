@@ -4,7 +4,8 @@
 gradients + optimizer state)), which leaves activations out. Each measurement runs in a
 fresh spawned process: it writes a small synthetic dataset in the benchmark's real format,
 builds the benchmark's task exactly as a run would (smoke config on the CPU, full config on
-a GPU), and runs a few optimizer steps on one real batch.
+a GPU), and runs a few of the loop's own optimizer steps (``Trainer.train_step``, with the
+config's memory format, compilation and gradient clipping) on one real batch.
 
 - GPU: ``torch.cuda.max_memory_allocated`` over the steps (weights, gradients, optimizer
   state, activations and the batch).
@@ -21,28 +22,26 @@ from typing import Any
 
 import torch
 
+from benchmarks.core import mllog
 from benchmarks.core.config import GlobalContext
-from benchmarks.core.data import seed_everything, to_device
+from benchmarks.core.data import seed_everything
 from benchmarks.core.distributed import DistEnv
-from benchmarks.core.optim import build_optimizer
+from benchmarks.core.runner import BenchmarkSpec, build_trainer
 
 MEASURED_STEPS = 3
 
 
-def measure(name: str, device: str, batch_size: int) -> dict[str, Any]:
-    """Peak bytes of ``MEASURED_STEPS`` training steps of benchmark ``name``, in a child."""
+def measure(spec: BenchmarkSpec, device: str, batch_size: int) -> dict[str, Any]:
+    """Peak bytes of ``MEASURED_STEPS`` training steps of the benchmark, in a child process."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_measure_in_child, (name, device, batch_size))
+        return pool.apply(_measure_in_child, (spec, device, batch_size))
 
 
-def _measure_in_child(name: str, device_name: str, batch_size: int) -> dict[str, Any]:
-    from benchmarks.cli import load_spec
-
-    spec = load_spec(name)
+def _measure_in_child(spec: BenchmarkSpec, device_name: str, batch_size: int) -> dict[str, Any]:
     device = torch.device(device_name)
     scale = "full" if device.type == "cuda" else "smoke"
-    with tempfile.TemporaryDirectory(prefix=f"mlbench-measure-{name}-") as data_dir:
+    with tempfile.TemporaryDirectory(prefix=f"mlbench-measure-{spec.name}-") as data_dir:
         spec.synthesize(Path(data_dir), spec.default_samples, 0)
         context = GlobalContext()
         context.reset()
@@ -52,31 +51,24 @@ def _measure_in_child(name: str, device_name: str, batch_size: int) -> dict[str,
                                f"data.global_batch_size={batch_size}",
                                "data.gradient_accumulation=1", "data.num_workers=0"])
         config.data.eval_batch_size = batch_size
-        context.dist, context.device = DistEnv(), device
+        context.env, context.device = DistEnv(), device
         seed_everything(0)
         task = spec.build_task(context)
-        inputs, targets = to_device(next(iter(task.train_loader)), device)
-        model = task.model.to(device).train()
-        optimizer = build_optimizer(model, config.opt, config.opt.lr)
-        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                                  enabled=config.training.amp)
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        trainer = build_trainer(task, config, DistEnv(), device, mllog.MLLogger(enabled=False))
+        batch = next(iter(task.train_loader))
+        trainer.model.train()
+        weights = sum(p.numel() * p.element_size() for p in task.model.parameters())
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         else:
             resident_before = _reset_peak_resident()
         for _ in range(MEASURED_STEPS):
-            with autocast:
-                outputs = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-                loss = task.loss_fn(outputs, targets)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            trainer.train_step([batch])
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         else:
             peak = _status_kib("VmHWM") * 1024 - resident_before + weights
-    return {"benchmark": name, "scale": scale, "device": device.type,
+    return {"benchmark": spec.name, "scale": scale, "device": device.type,
             "batch_size": batch_size, "peak_bytes": int(peak)}
 
 

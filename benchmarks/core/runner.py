@@ -1,12 +1,14 @@
 """From command line to exit code: what every benchmark's ``train.py`` runs.
 
-``run(SPEC)`` parses the command line of CONTRACTS.md, loads and validates the config
-(exit 2 on a bad key, before any process group starts), starts the process group, seeds,
-asks the benchmark for its :class:`~benchmarks.core.loop.Task`, builds optimizer and LR
-schedule from the config, logs the MLPerf init keys, runs the loop and logs ``run_stop``.
+``main(SPEC)`` parses the command line (``mlbench train NAME`` has the same options) and
+calls :func:`train`, which loads and validates the config (exit 2 on a bad key, before any
+process group starts), places the process (threads, process group, device) and turns every
+ending into an exit code. Inside, :func:`build_trainer` asks the benchmark for its
+:class:`~benchmarks.core.loop.Task` and sets up model, optimizer and LR schedule from the
+config; between the MLPerf ``run_start`` and ``run_stop`` the loop trains.
 
 Exit codes: 0 target reached (or no target), 3 all epochs run without reaching it,
-2 bad configuration or input, 1 anything else (a crash, a non-finite loss).
+2 bad configuration or input, 1 anything else (a crash, a non-finite loss, a stop signal).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 
 from benchmarks.core import distributed, mllog
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
-from benchmarks.core.config import Config, ConfigSchema, GlobalContext
+from benchmarks.core.config import Config, ConfigSchema, GlobalContext, TrainingConfig
 from benchmarks.core.data import seed_everything
 from benchmarks.core.errors import (
     EXIT_FAILURE,
@@ -47,12 +49,13 @@ class BenchmarkSpec:
     ``build_model(config)`` must work on the meta device (``mlbench table`` counts
     parameters without allocating them); ``build_task(context)`` builds data, model, loss and
     metric for a run; ``synthesize(outdir, samples, seed)`` writes a dataset in the real
-    format. ``mllog_name`` is the MLPerf ``submission_benchmark`` value.
+    format. ``mllog_name`` is the MLPerf ``submission_benchmark`` value; ``problem`` says
+    what the benchmark solves (e.g. "image classification").
     """
 
     name: str
     mllog_name: str
-    task: str
+    problem: str
     model_name: str
     dataset: str
     folder: Path
@@ -88,13 +91,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a config key, e.g. training.n_epochs=2")
 
 
-def run(spec: BenchmarkSpec, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the benchmark; returns the contract exit code."""
+def main(spec: BenchmarkSpec, argv: list[str] | None = None) -> int:
+    """``python benchmarks/NAME/train.py ARGS``: parse ``argv``, train, return the exit code."""
     args = train_argument_parser(f"mlbench train {spec.name}").parse_args(argv)
-    return run_with_args(spec, args)
+    return train(spec, args)
 
 
-def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
+def train(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
+    """Train ``spec`` as the parsed command line says; every ending becomes an exit code."""
     context = GlobalContext()
     context.reset()
     log = mllog.MLLogger(enabled=False)
@@ -108,18 +112,19 @@ def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         resolve_batch_sizes(config, env.world_size)
         _limit_threads()
         keep_freed_memory()
+        make_deterministic(config.training)
         env = distributed.init_process_group(config.distributed.backend, device,
                                              config.distributed.timeout_s)
         if device.type == "cuda":
             device = torch.device("cuda", env.local_rank)
             torch.cuda.set_device(device)
-        context.dist, context.device = env, device
+        context.env, context.device = env, device
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         print(f"[mlbench] rank {env.rank}/{env.world_size} local_rank {env.local_rank} "
               f"node {node} device {device} launcher {env.launcher} "
               f"backend {env.backend or 'none'}", file=sys.stderr, flush=True)
         log = mllog.MLLogger(enabled=env.is_main, log_file=config.training.log_file)
-        return _run(spec, context, config, env, device, log)
+        return _initialize_and_run(spec, context, config, env, device, log)
     except BenchmarkError as err:
         reason = one_line(err)
         print(f"mlbench {spec.name}: error: {reason}", file=sys.stderr, flush=True)
@@ -136,8 +141,10 @@ def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         distributed.shutdown()
 
 
-def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distributed.DistEnv,
-         device: torch.device, log: mllog.MLLogger) -> int:
+def _initialize_and_run(spec: BenchmarkSpec, context: GlobalContext, config: Config,
+                        env: distributed.DistEnv, device: torch.device,
+                        log: mllog.MLLogger) -> int:
+    """The MLPerf init phase (task, model, optimizer), then the timed run; the exit code."""
     constants = mllog.constants
     log.event(constants.CACHE_CLEAR, True)
     log.start(constants.INIT_START)
@@ -147,34 +154,10 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
     seed_everything(config.training.seed, env.rank)
     log.event(constants.SEED, config.training.seed)
     task = spec.build_task(context)
-    model = task.model.to(device)
-    if config.training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    num_parameters = sum(p.numel() for p in model.parameters())
-    wrapped = wrap_model(model, task, config, env, device)
-    if config.training.compile:
-        wrapped = torch.compile(wrapped)
-
-    steps = steps_per_epoch(task.train_loader, config)
-    base_lr = scaled_base_lr(config.opt.lr, config.lr_schedule, config.data.global_batch_size)
-    optimizer = build_optimizer(model, config.opt, base_lr)
-    scheduler = build_scheduler(optimizer, config.lr_schedule, base_lr, steps,
-                                steps * config.training.n_epochs)
-    _log_hyperparameters(log, config, task, base_lr, steps, num_parameters)
+    checkpointer, stop = _checkpointing(spec, config, env)
+    trainer = build_trainer(task, config, env, device, log, checkpointer, stop)
+    _log_hyperparameters(log, config, task, trainer)
     log.end(constants.INIT_STOP)
-
-    checkpointer, stop = None, StopRequest()
-    if config.training.checkpoint_dir:
-        if config.distributed.strategy == "fsdp" and env.is_distributed:
-            raise ConfigError("config key 'training.checkpoint_dir': checkpoints of FSDP-sharded "
-                              "models are not supported yet")
-        identity = {"benchmark": spec.name, "model": config.as_dict()["model"],
-                    "global_batch_size": config.data.global_batch_size,
-                    "world_size": env.world_size}
-        checkpointer = Checkpointer(config.training.checkpoint_dir, identity, env)
-        stop.install()
-    trainer = Trainer(task, wrapped, optimizer, scheduler, config, env, device, log,
-                      checkpointer, stop)
 
     distributed.barrier()
     log.start(constants.RUN_START)
@@ -188,6 +171,43 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
               f"{config.training.n_epochs} epochs (last {task.metric.name} "
               f"{result.last_metric})", file=sys.stderr, flush=True)
     return EXIT_OK if succeeded else EXIT_TARGET_MISSED
+
+
+def build_trainer(task: Task, config: Config, env: distributed.DistEnv, device: torch.device,
+                  log: mllog.MLLogger, checkpointer: Checkpointer | None = None,
+                  stop: StopRequest | None = None) -> Trainer:
+    """The task's model on the device (memory format, DDP/FSDP, compile) with the optimizer
+    and LR schedule of the config, in a :class:`Trainer` ready to run or to step."""
+    model = task.model.to(device)
+    if config.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    wrapped = wrap_model(model, task, config, env, device)
+    if config.training.compile:
+        wrapped = torch.compile(wrapped)
+    steps = steps_per_epoch(task.train_loader, config, task.steps_per_epoch)
+    base_lr = scaled_base_lr(config.opt.lr, config.lr_schedule, config.data.global_batch_size)
+    optimizer = build_optimizer(model, config.opt, base_lr)
+    scheduler = build_scheduler(optimizer, config.lr_schedule, base_lr, steps,
+                                steps * config.training.n_epochs)
+    return Trainer(task, wrapped, optimizer, scheduler, config, env, device, log, checkpointer,
+                   stop)
+
+
+def _checkpointing(spec: BenchmarkSpec, config: Config, env: distributed.DistEnv
+                   ) -> tuple[Checkpointer | None, StopRequest]:
+    """With ``training.checkpoint_dir``: its checkpointer, and stop signals caught."""
+    stop = StopRequest()
+    if not config.training.checkpoint_dir:
+        return None, stop
+    if config.distributed.strategy == "fsdp" and env.is_distributed:
+        raise ConfigError("config key 'training.checkpoint_dir': checkpoints of FSDP-sharded "
+                          "models are not supported yet")
+    identity = {"benchmark": spec.name, "model": config.as_dict()["model"],
+                "global_batch_size": config.data.global_batch_size,
+                "world_size": env.world_size}
+    checkpointer = Checkpointer(config.training.checkpoint_dir, identity, env)
+    stop.install()
+    return checkpointer, stop
 
 
 def wrap_model(model: nn.Module, task: Task, config: Config, env: distributed.DistEnv,
@@ -267,11 +287,24 @@ def _limit_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task, base_lr: float,
-                         steps: int, num_parameters: int) -> None:
+def make_deterministic(training: TrainingConfig) -> None:
+    """``training.deterministic``: deterministic algorithms only (an operation without one
+    raises), cuDNN without autotuning, and the cuBLAS workspace that makes its results
+    reproducible (set before the first cuBLAS call, unless the user set it)."""
+    if not training.deterministic:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task,
+                         trainer: Trainer) -> None:
     """The MLPerf hyperparameter keys, once each; the task's own values and spellings win
     (e.g. DeepCAM's rules want ``opt_name`` "AdamW" where ResNet's want "sgd")."""
     constants = mllog.constants
+    base_lr = scaled_base_lr(config.opt.lr, config.lr_schedule, config.data.global_batch_size)
     warmup_key = (constants.OPT_LR_WARMUP_EPOCHS if config.lr_schedule.unit == "epochs"
                   else constants.OPT_LR_WARMUP_STEPS)
     keys = {
@@ -289,7 +322,7 @@ def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task, base_l
     keys.update(task.hyperparameters)
     for key, value in keys.items():
         log.event(key, value)
-    log.event(mllog.NUM_PARAMETERS, num_parameters)
+    log.event(mllog.NUM_PARAMETERS, sum(p.numel() for p in task.model.parameters()))
     log.event(mllog.TARGET, config.training.target, metadata={
         "lower_is_better": not task.metric.higher_is_better, "metric": task.metric.name,
-        "steps_per_epoch": steps})
+        "steps_per_epoch": trainer.steps})

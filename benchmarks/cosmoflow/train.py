@@ -18,7 +18,7 @@ from benchmarks.core.data import build_loader
 from benchmarks.core.loop import Task
 from benchmarks.core.metrics import RatioMetric
 from benchmarks.core.optim import scaled_base_lr
-from benchmarks.core.runner import BenchmarkSpec, run
+from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.cosmoflow.data import CosmoFlowDataConfig, build_datasets, input_edge, synthesize
 from benchmarks.cosmoflow.model import CosmoFlow, ModelConfig
 
@@ -43,7 +43,7 @@ def build_model(config: Config) -> nn.Module:
 
 
 def build_task(context: GlobalContext) -> Task:
-    config, env, device = context.cfg, context.dist, context.device
+    config, env, device = context.cfg, context.env, context.device
     data = config.data
     train_set, eval_set = build_datasets(data)
     common = {"env": env, "device": device, "num_workers": data.num_workers,
@@ -71,7 +71,7 @@ def build_task(context: GlobalContext) -> Task:
 SPEC = BenchmarkSpec(
     name="cosmoflow",
     mllog_name="cosmoflow",
-    task="cosmological parameter regression",
+    problem="cosmological parameter regression",
     model_name="CosmoFlow 3D CNN",
     dataset="cosmoUniverse_2019_05_4parE (TFRecord or HDF5)",
     folder=Path(__file__).parent,
@@ -83,4 +83,4 @@ SPEC = BenchmarkSpec(
 )
 
 if __name__ == "__main__":
-    sys.exit(run(SPEC))
+    sys.exit(main(SPEC))

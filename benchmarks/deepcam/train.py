@@ -20,7 +20,7 @@ from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
 from benchmarks.core.metrics import RatioMetric
 from benchmarks.core.optim import scaled_base_lr
-from benchmarks.core.runner import BenchmarkSpec, run
+from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.deepcam.data import NUM_CLASSES, DeepCAMDataConfig, build_datasets, synthesize
 from benchmarks.deepcam.model import DeepLabV3Plus, ModelConfig
 
@@ -81,7 +81,7 @@ def build_model(config: Config) -> nn.Module:
 
 
 def build_task(context: GlobalContext) -> Task:
-    config, env, device = context.cfg, context.dist, context.device
+    config, env, device = context.cfg, context.env, context.device
     data = config.data
     if config.model.sync_batchnorm and env.is_distributed and device.type != "cuda":
         raise ConfigError("config key 'model.sync_batchnorm': SyncBatchNorm needs GPUs; "
@@ -132,7 +132,7 @@ def mlperf_hyperparameters(config: Config, world_size: int) -> dict:
 SPEC = BenchmarkSpec(
     name="deepcam",
     mllog_name="deepcam",
-    task="climate segmentation",
+    problem="climate segmentation",
     model_name="DeepLabV3+ (modified Xception)",
     dataset="DeepCAM CAM5 climate HDF5",
     folder=Path(__file__).parent,
@@ -144,4 +144,4 @@ SPEC = BenchmarkSpec(
 )
 
 if __name__ == "__main__":
-    sys.exit(run(SPEC))
+    sys.exit(main(SPEC))

@@ -20,7 +20,7 @@ from benchmarks.core.config import Config, ConfigSchema, GlobalContext
 from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
-from benchmarks.core.runner import BenchmarkSpec, run
+from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.gptj.data import (
     EOS_TOKEN,
     C4DataConfig,
@@ -39,7 +39,7 @@ def build_model(config: Config) -> nn.Module:
 
 
 def build_task(context: GlobalContext) -> Task:
-    config, env, device = context.cfg, context.dist, context.device
+    config, env, device = context.cfg, context.env, context.device
     data, training = config.data, config.training
     if data.seq_len > config.model.n_positions:
         raise ConfigError(f"config key 'data.seq_len': {data.seq_len} is longer than "
@@ -95,7 +95,7 @@ def mlperf_adam_keys(config: Config, tokenizer_size: int) -> dict[str, object]:
 SPEC = BenchmarkSpec(
     name="gptj",
     mllog_name="gptj",
-    task="language modelling (causal LM)",
+    problem="language modelling (causal LM)",
     model_name="GPT-J 6B (GPTJForCausalLM)",
     dataset="C4 en 3.0.1 (json.gz), GPT-2 BPE",
     folder=Path(__file__).parent,
@@ -107,4 +107,4 @@ SPEC = BenchmarkSpec(
 )
 
 if __name__ == "__main__":
-    sys.exit(run(SPEC))
+    sys.exit(main(SPEC))

@@ -17,7 +17,7 @@ from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task, steps_per_epoch
 from benchmarks.core.metrics import TopKAccuracy
 from benchmarks.core.optim import scaled_base_lr
-from benchmarks.core.runner import BenchmarkSpec, run
+from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.resnet50.data import ImageNetDataConfig, build_datasets, synthesize
 from benchmarks.resnet50.model import ResNetModelConfig, build_resnet
 
@@ -31,7 +31,7 @@ def build_model(config: Config, num_classes: int = 0) -> nn.Module:
 
 
 def build_task(context: GlobalContext) -> Task:
-    config, env, device = context.cfg, context.dist, context.device
+    config, env, device = context.cfg, context.env, context.device
     data = config.data
     train_set, eval_set = build_datasets(data)
     num_classes = len(train_set.classes)
@@ -77,7 +77,7 @@ def mlperf_optimizer_keys(config: Config, steps: int) -> dict[str, float]:
 SPEC = BenchmarkSpec(
     name="resnet50",
     mllog_name="resnet",
-    task="image classification",
+    problem="image classification",
     model_name="ResNet50 v1.5",
     dataset="ImageNet-1k (ImageFolder JPEG)",
     folder=Path(__file__).parent,
@@ -89,4 +89,4 @@ SPEC = BenchmarkSpec(
 )
 
 if __name__ == "__main__":
-    sys.exit(run(SPEC))
+    sys.exit(main(SPEC))

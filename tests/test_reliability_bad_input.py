@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.cli import load_spec
+from benchmarks.registry import load_spec
 from tests.conftest import Completed, run_mlbench
 
 REPO = Path(__file__).resolve().parents[1]

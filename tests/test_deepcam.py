@@ -274,11 +274,11 @@ def test_optimizer_steps_every_gradient_accumulation_batches(small_data, monkeyp
 
     monkeypatch.setattr(runner, "build_optimizer", counting_optimizer)
     epochs = 2
-    code = runner.run(SPEC, ["--config", "smoke", "--data-dir", str(small_data), "--device",
-                             "cpu", *TINY_MODEL, "--set", "data.local_batch_size=1",
-                             "--set", f"data.gradient_accumulation={accumulation}",
-                             "--set", f"training.n_epochs={epochs}",
-                             "--set", "training.target=null"])
+    code = runner.main(SPEC, ["--config", "smoke", "--data-dir", str(small_data), "--device",
+                              "cpu", *TINY_MODEL, "--set", "data.local_batch_size=1",
+                              "--set", f"data.gradient_accumulation={accumulation}",
+                              "--set", f"training.n_epochs={epochs}",
+                              "--set", "training.target=null"])
     assert code == 0
     assert len(steps) == epochs * steps_per_epoch
 

@@ -18,7 +18,7 @@ import itertools
 import resource
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,7 +191,7 @@ class Trainer:
                 self._check_losses()
         self._check_losses()
 
-    def train_step(self, micro_batches: Collection) -> None:
+    def train_step(self, micro_batches: StepBatches | Sequence[Any]) -> None:
         """One optimizer step over ``micro_batches`` (gradient accumulation when several)."""
         count = len(micro_batches)
         for index, batch in enumerate(micro_batches):

@@ -3,9 +3,9 @@
 ``main(SPEC)`` parses the command line (``mlbench train NAME`` has the same options) and
 calls :func:`train`, which loads and validates the config (exit 2 on a bad key, before any
 process group starts), places the process (threads, process group, device) and turns every
-ending into an exit code. Inside, :func:`build_trainer` asks the benchmark for its
-:class:`~benchmarks.core.loop.Task` and sets up model, optimizer and LR schedule from the
-config; between the MLPerf ``run_start`` and ``run_stop`` the loop trains.
+ending into an exit code. In the MLPerf init phase the benchmark builds its
+:class:`~benchmarks.core.loop.Task` and :func:`build_trainer` sets up model, optimizer and LR
+schedule from the config; between ``run_start`` and ``run_stop`` the loop trains.
 
 Exit codes: 0 target reached (or no target), 3 all epochs run without reaching it,
 2 bad configuration or input, 1 anything else (a crash, a non-finite loss, a stop signal).

@@ -31,6 +31,7 @@ from benchmarks.core.checkpoint import Checkpointer, StopRequest, restore_rng
 from benchmarks.core.config import Config
 from benchmarks.core.data import batch_size_of, to_device
 from benchmarks.core.distributed import DistEnv, all_reduce_sum
+from benchmarks.core.energy import EnergyMeter
 from benchmarks.core.errors import ConfigError, NonFiniteLossError, PreemptedError
 from benchmarks.core.metrics import SumMetric
 
@@ -91,12 +92,14 @@ class Trainer:
                  scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: Config, env: DistEnv,
                  device: torch.device, log: mllog.MLLogger,
                  checkpointer: Checkpointer | None = None,
-                 stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None,
+                 energy: EnergyMeter | None = None) -> None:
         self.task, self.model, self.optimizer, self.scheduler = task, model, optimizer, scheduler
         self.cfg, self.training, self.env, self.device, self.log = (
             cfg, cfg.training, env, device, log)
         self.checkpointer = checkpointer
         self.stop = stop or StopRequest()
+        self.energy = energy
         self.accumulation = cfg.data.gradient_accumulation
         self.steps = steps_per_epoch(task.train_loader, cfg)
         self.batches = MicroBatches(task.train_loader, self.accumulation, self.steps,
@@ -118,10 +121,14 @@ class Trainer:
                     "epoch_count": min(training.eval_every, training.n_epochs - epoch + 1)})
             self.log.start(constants.EPOCH_START, metadata={"epoch_num": epoch})
             started = time.perf_counter()
+            if self.energy:
+                self.energy.epoch_start(epoch)
             samples, loss_sum = self._train_epoch()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - started
+            if self.energy:
+                self.energy.epoch_stop(epoch, samples)
             totals = all_reduce_sum(torch.tensor([samples, loss_sum], dtype=torch.float64,
                                                  device=self.device)).cpu()
             throughput = float(totals[0]) / elapsed

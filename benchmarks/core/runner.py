@@ -28,6 +28,7 @@ from benchmarks.core import distributed, mllog
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext
 from benchmarks.core.data import seed_everything
+from benchmarks.core.energy import EnergyMeter
 from benchmarks.core.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -173,13 +174,16 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
                     "world_size": env.world_size}
         checkpointer = Checkpointer(config.training.checkpoint_dir, identity, env)
         stop.install()
+    energy = EnergyMeter(env, device, log)
     trainer = Trainer(task, wrapped, optimizer, scheduler, config, env, device, log,
-                      checkpointer, stop)
+                      checkpointer, stop, energy)
 
     distributed.barrier()
     log.start(constants.RUN_START)
+    energy.start()
     result = trainer.run()
     distributed.barrier()
+    energy.stop()
     succeeded = result.reached_target or config.training.target is None
     log.end(constants.RUN_STOP, metadata={"status": "success" if succeeded else "aborted",
                                           "epoch_num": result.epochs_run})

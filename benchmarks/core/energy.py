@@ -273,9 +273,10 @@ class EnergyMeter:
                       if isinstance(value, list) else value for source, value in found.items()},
         })
         self.source, self.reason, readers = _choose_source(everyone)
-        domains = {domain: in_total for rank in readers
-                   for domain, in_total in everyone[rank]["found"][self.source]} \
-            if self.source else {}
+        domains: dict[str, bool] = {}
+        for rank in readers:
+            if isinstance(everyone[rank]["found"][self.source], list):
+                domains.update(everyone[rank]["found"][self.source])
         self.domains = sorted(domains)
         self._in_total = [domains[domain] for domain in self.domains]
         self._totals: CounterTotals | None = None
@@ -287,7 +288,7 @@ class EnergyMeter:
             try:
                 self._totals = CounterTotals(counters)
             except (OSError, ValueError) as err:
-                self._failure = f"{SOURCE_NAMES[self.source]} on rank {env.rank}: {err}"
+                self._fail(err)
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
         self._run: _Scope | None = None
@@ -300,9 +301,10 @@ class EnergyMeter:
     def describe(self, readers: int) -> str:
         if self.reason:
             return f"unknown: {self.reason}"
-        what = "GPUs" if self.source == NVML else "nodes"
+        what = "GPU(s)" if self.source == NVML else "node(s)"
+        sampled = f", sampled every {self.interval_s:g} s" if self.source == RAPL else ""
         return (f"{SOURCE_NAMES[self.source]} ({', '.join(self.domains)}) on {readers} "
-                f"{what}, sampled every {self.interval_s:g} s")
+                f"{what}{sampled}")
 
     def start(self) -> None:
         """Open the run scope (call right after run_start)."""
@@ -341,12 +343,18 @@ class EnergyMeter:
         try:
             per_counter = self._totals.sample()
         except (OSError, ValueError) as err:
-            self._failure = f"{SOURCE_NAMES[self.source]} on rank {self.env.rank}: {err}"
+            self._fail(err)
             return [0.0] * len(self.domains)
         per_domain = [0.0] * len(self.domains)
         for index, joules in zip(self._index, per_counter, strict=True):
             per_domain[index] += joules
         return per_domain
+
+    def _fail(self, err: Exception) -> None:
+        """From now on this rank reports a failed read; the rank's own log says why."""
+        self._failure = f"{SOURCE_NAMES[self.source]} on rank {self.env.rank}: {err}"
+        print(f"[mlbench] energy: unknown from here on: {self._failure}", file=sys.stderr,
+              flush=True)
 
     def _sample_periodically(self) -> None:
         while not self._stop_sampling.wait(self.interval_s):
@@ -365,8 +373,8 @@ class EnergyMeter:
             [*local, float(bool(self._failure)), samples], dtype=torch.float64,
             device=self._reduce_device)).tolist()
         per_domain, failed, samples = reduced[:-2], int(reduced[-2]), reduced[-1]
-        reason = self.reason or self._failure or (
-            f"counter reads failed on {failed} rank(s)" if failed else "")
+        reason = self.reason or (f"counter reads failed on {failed} rank(s)" + (
+            f" ({self._failure})" if self._failure else "") if failed else "")
         domains = {domain: round(joules, 3)
                    for domain, joules in zip(self.domains, per_domain, strict=True)}
         joules = None if reason else round(sum(

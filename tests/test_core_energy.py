@@ -333,6 +333,7 @@ def test_nvml_energy_is_summed_over_ranks_and_unknown_survives(two_rank_runs, fa
 
 # ---- a training run at a known power ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_smoke_run_energy_is_power_times_time_across_a_wrap(resnet_data, tmp_path, monkeypatch):
     powercap = make_rapl(tmp_path / "powercap")
     monkeypatch.setenv(energy.POWERCAP_ROOT_ENV, str(powercap))

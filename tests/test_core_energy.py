@@ -261,33 +261,35 @@ def test_nvml_device_follows_cuda_visible_devices_by_bus_id(tmp_path, monkeypatc
     assert run["value"] == 250.5
 
 
-FAILURES = ("none", "probe", "read")
+RUNS = ("own GPUs", "shared GPU", "probe fails", "read fails")
 
 
 def _two_ranks(rank: int, init_file: str, out_dir: str) -> None:
-    """One of two gloo ranks, each training on its own (fake) GPU of the same node: a run
-    per way of failing (none; rank 1 cannot find its GPU; rank 1's reads fail in epoch 2)."""
+    """One of two gloo ranks on the same node, with a fake NVML: one run each where the ranks
+    train on their own GPUs, on the same GPU, where rank 1 cannot find its GPU, and where
+    rank 1's reads fail in epoch 2."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.cuda.get_device_properties = lambda device: SimpleNamespace(
         pci_domain_id=0, pci_bus_id=int(NODE_GPUS[torch.device(device).index].split(":")[1], 16),
         pci_device_id=0)
     env = DistEnv(rank, 2, rank, 2, "torchrun", "gloo")
-    for failing in FAILURES:
-        out = Path(out_dir) / failing
+    for case in RUNS:
+        out = Path(out_dir) / case
         counters = {bus_id: 0 for bus_id in NODE_GPUS}
-        if failing == "probe" and rank == 1:
+        if case == "probe fails" and rank == 1:
             del counters[NODE_GPUS[1]]
         sys.modules["pynvml"] = fake_nvml(counters)
+        gpu = 0 if case == "shared GPU" else rank
         log = MLLogger(enabled=rank == 0, log_file=str(out / "mllog.txt") if rank == 0 else "")
-        meter = EnergyMeter(env, torch.device("cuda", rank), log,
+        meter = EnergyMeter(env, torch.device("cuda", gpu), log,
                             environ={energy.POWERCAP_ROOT_ENV: str(out / "none"),
                                      energy.PM_COUNTERS_ROOT_ENV: str(out / "none")})
         meter.start()
         for epoch in (1, 2):
             meter.epoch_start(epoch)
-            if NODE_GPUS[rank] in counters:
-                counters[NODE_GPUS[rank]] += (rank + 1) * 100_000 * epoch  # rank 0: 100, 200 J
-            if failing == "read" and rank == 1 and epoch == 2:
+            if NODE_GPUS[gpu] in counters:  # GPU 0: 100 J, then 200 J; GPU 1: twice that
+                counters[NODE_GPUS[gpu]] += (gpu + 1) * 100_000 * epoch
+            if case == "read fails" and rank == 1 and epoch == 2:
                 counters[NODE_GPUS[rank]] = -1
             meter.epoch_stop(epoch, samples=32 + rank)
         reading = meter.stop()
@@ -299,15 +301,15 @@ def _two_ranks(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("two-ranks")
-    for failing in FAILURES:
-        (out / failing).mkdir()
+    for case in RUNS:
+        (out / case).mkdir()
     mp.spawn(_two_ranks, args=(str(out / "init"), str(out)), nprocs=2)
     return out
 
 
-@pytest.mark.parametrize("failing", FAILURES)
-def test_nvml_energy_is_summed_over_ranks_and_unknown_survives(two_rank_runs, failing):
-    out = two_rank_runs / failing
+@pytest.mark.parametrize("case", RUNS)
+def test_nvml_energy_is_summed_over_gpus_and_unknown_survives(two_rank_runs, case):
+    out = two_rank_runs / case
     readings = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for key in ("joules", "domains", "samples"):
         assert readings[0][key] == readings[1][key], "every rank ends with the same totals"
@@ -315,12 +317,15 @@ def test_nvml_energy_is_summed_over_ranks_and_unknown_survives(two_rank_runs, fa
               if event["metadata"]["scope"] == "epoch"]
     assert [event["metadata"]["samples"] for event in epochs] == [65, 65]
     assert readings[0]["samples"] == 130
-    if failing == "none":
+    if case == "own GPUs":
         assert [event["value"] for event in epochs] == [300.0, 600.0]
         assert readings[0]["joules"] == 900.0
         return
+    if case == "shared GPU":
+        assert [event["value"] for event in epochs] == [100.0, 200.0], "GPU 0 counted once"
+        return
     assert readings[0]["joules"] is None
-    if failing == "probe":
+    if case == "probe fails":
         assert "NVML unreadable on rank(s) 1: GPU 00000000:3b:00.0: Not Found" in \
             readings[0]["reason"]
         assert [event["value"] for event in epochs] == [None, None]

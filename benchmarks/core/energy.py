@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -269,6 +270,8 @@ class EnergyMeter:
         found = probe(device, env.local_rank, environ)
         everyone = _all_gather(env, {
             "local_rank": env.local_rank,
+            "gpu": f"{socket.gethostname()}/{cuda_pci_bus_id(device)}"
+            if device.type == "cuda" else None,
             "found": {source: [(c.domain, c.in_total) for c in value]
                       if isinstance(value, list) else value for source, value in found.items()},
         })
@@ -415,15 +418,17 @@ def _all_gather(env: DistEnv, mine: dict[str, Any]) -> list[dict[str, Any]]:
 def _choose_source(everyone: list[dict[str, Any]]) -> tuple[str | None, str, list[int]]:
     """The job's source, why its energy is unknown ("" when known), and its reading ranks.
 
-    The source is the first that any rank found; then every rank that should read it (every
-    rank for NVML, every local rank 0 for node counters) must have found it, or the job's sum
-    would silently leave a GPU or a node out.
+    The source is the first that any rank found; then every rank that should read it (the
+    lowest rank on each GPU for NVML, as ranks may share one; every local rank 0 for node
+    counters) must have found it, or the job's sum would silently leave a GPU or a node out.
     """
     for source in SOURCES:
         if not any(isinstance(info["found"][source], list) for info in everyone):
             continue
+        first_on_gpu = {info["gpu"]: rank for rank, info in reversed(list(enumerate(everyone)))}
         readers = [rank for rank, info in enumerate(everyone)
-                   if source == NVML or info["local_rank"] == 0]
+                   if (first_on_gpu[info["gpu"]] == rank if source == NVML
+                       else info["local_rank"] == 0)]
         missing = [rank for rank in readers if not isinstance(everyone[rank]["found"][source],
                                                                list)]
         if missing:

@@ -121,9 +121,8 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text().strip()
     except PermissionError:
-        raise CounterUnavailable(f"{path}: permission denied (RAPL counters are root-only on "
-                                 "Linux 5.10 and later unless the site grants read access)"
-                                 ) from None
+        raise CounterUnavailable(f"{path}: permission denied (RAPL counters are root-only "
+                                 "unless the site grants read access)") from None
     except OSError as err:
         raise CounterUnavailable(f"{path}: {err.strerror}") from None
 

@@ -226,7 +226,6 @@ class CounterTotals:
         self._lock = threading.Lock()
         self._last = [counter.read() for counter in counters]
         self._totals = [0.0] * len(counters)
-        self.reads = 1
 
     def sample(self) -> list[float]:
         """Read every counter once; the running totals."""
@@ -241,7 +240,6 @@ class CounterTotals:
                     delta += counter.wrap_j
                 self._last[index] = raw
                 self._totals[index] += delta
-            self.reads += 1
             return list(self._totals)
 
 

@@ -30,6 +30,7 @@ from benchmarks.core.checkpoint import Checkpointer, StopRequest, restore_rng
 from benchmarks.core.config import Config
 from benchmarks.core.data import batch_size_of, to_channels_last, to_device
 from benchmarks.core.distributed import DistEnv, all_reduce_sum
+from benchmarks.core.energy import EnergyMeter
 from benchmarks.core.errors import ConfigError, NonFiniteLossError, PreemptedError
 from benchmarks.core.metrics import SumMetric
 
@@ -123,12 +124,14 @@ class Trainer:
                  scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: Config, env: DistEnv,
                  device: torch.device, log: mllog.MLLogger,
                  checkpointer: Checkpointer | None = None,
-                 stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None,
+                 energy: EnergyMeter | None = None) -> None:
         self.task, self.model, self.optimizer, self.scheduler = task, model, optimizer, scheduler
         self.cfg, self.training, self.env, self.device, self.log = (
             cfg, cfg.training, env, device, log)
         self.checkpointer = checkpointer
         self.stop = stop or StopRequest()
+        self.energy = energy
         self.ddp = _ddp_of(model)
         self.steps = steps_per_epoch(task.train_loader, cfg, task.steps_per_epoch)
         self.batches = MicroBatches(task.train_loader, cfg.data.gradient_accumulation, self.steps,
@@ -152,10 +155,14 @@ class Trainer:
                     "epoch_count": min(training.eval_every, training.n_epochs - epoch + 1)})
             self.log.start(constants.EPOCH_START, metadata={"epoch_num": epoch})
             started = time.perf_counter()
+            if self.energy:
+                self.energy.epoch_start(epoch)
             self._train_epoch()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - started
+            if self.energy:
+                self.energy.epoch_stop(epoch, self.window.epoch_samples)
             self.log.end(constants.EPOCH_STOP, metadata={"epoch_num": epoch})
             throughputs.append(self._log_throughput(elapsed))
 

@@ -30,6 +30,7 @@ from benchmarks.core import distributed, mllog
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext, TrainingConfig
 from benchmarks.core.data import seed_everything
+from benchmarks.core.energy import EnergyMeter
 from benchmarks.core.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -155,14 +156,17 @@ def _initialize_and_run(spec: BenchmarkSpec, context: GlobalContext, config: Con
     log.event(constants.SEED, config.training.seed)
     task = spec.build_task(context)
     checkpointer, stop = _checkpointing(spec, config, env)
-    trainer = build_trainer(task, config, env, device, log, checkpointer, stop)
+    energy = EnergyMeter(env, device, log)
+    trainer = build_trainer(task, config, env, device, log, checkpointer, stop, energy)
     _log_hyperparameters(log, config, task, trainer)
     log.end(constants.INIT_STOP)
 
     distributed.barrier()
     log.start(constants.RUN_START)
+    energy.start()
     result = trainer.run()
     distributed.barrier()
+    energy.stop()
     succeeded = result.reached_target or config.training.target is None
     log.end(constants.RUN_STOP, metadata={"status": "success" if succeeded else "aborted",
                                           "epoch_num": result.epochs_run})
@@ -175,7 +179,8 @@ def _initialize_and_run(spec: BenchmarkSpec, context: GlobalContext, config: Con
 
 def build_trainer(task: Task, config: Config, env: distributed.DistEnv, device: torch.device,
                   log: mllog.MLLogger, checkpointer: Checkpointer | None = None,
-                  stop: StopRequest | None = None) -> Trainer:
+                  stop: StopRequest | None = None, energy: EnergyMeter | None = None
+                  ) -> Trainer:
     """The task's model on the device (memory format, DDP/FSDP, compile) with the optimizer
     and LR schedule of the config, in a :class:`Trainer` ready to run or to step."""
     model = task.model.to(device)
@@ -190,7 +195,7 @@ def build_trainer(task: Task, config: Config, env: distributed.DistEnv, device: 
     scheduler = build_scheduler(optimizer, config.lr_schedule, base_lr, steps,
                                 steps * config.training.n_epochs)
     return Trainer(task, wrapped, optimizer, scheduler, config, env, device, log, checkpointer,
-                   stop)
+                   stop, energy)
 
 
 def _checkpointing(spec: BenchmarkSpec, config: Config, env: distributed.DistEnv

@@ -214,13 +214,42 @@ def test_table_rcp_lists_every_rcp():
     assert "deepcam,deepcam_ref_128,hpc_3.0.0,128,20,6.94444,0.589,epochs" in lines
 
 
-def test_train_warns_once_at_a_batch_size_without_rcp(tmp_path_factory):
-    data = synth_with_cli(tmp_path_factory, "cosmoflow", 8)
-    done = run_mlbench("train", "cosmoflow", "--config", "smoke", "--data-dir", str(data),
-                       "--set", "training.recipe=rcp", "--set", "training.n_epochs=1",
-                       "--set", "data.global_batch_size=8", "--device", "cpu")
+@pytest.fixture(scope="module")
+def cosmoflow_data(tmp_path_factory):
+    return synth_with_cli(tmp_path_factory, "cosmoflow", 32)
+
+
+def train_cosmoflow_smoke(data, *sets: str):
+    args = ["train", "cosmoflow", "--config", "smoke", "--data-dir", str(data), "--device",
+            "cpu", "--set", "training.recipe=rcp", "--set", "training.n_epochs=1"]
+    for item in sets:
+        args += ["--set", item]
+    done = run_mlbench(*args)
     assert done.returncode in (0, 3), done.stderr
+    return done
+
+
+def test_train_warns_once_at_a_batch_size_without_rcp(cosmoflow_data):
+    done = train_cosmoflow_smoke(cosmoflow_data, "data.global_batch_size=8")
     warnings = [line for line in done.stderr.splitlines() if "warning" in line]
     assert warnings == ["mlbench cosmoflow: warning: no MLCommons reference convergence point "
                         "for cosmoflow at global batch 8 (nearest: 32); using the configured "
                         "recipe"]
+    assert done.events("opt_base_learning_rate")[0]["value"] == 0.005  # smoke.yaml's
+
+
+def test_train_at_an_rcp_batch_size_logs_the_rcp_recipe_and_set_wins(cosmoflow_data):
+    """cosmoflow_ref_32, through the runner: the logged MLPerf keys are the RCP's, except
+    the one given with --set."""
+    done = train_cosmoflow_smoke(cosmoflow_data, "data.global_batch_size=32",
+                                 "opt.weight_decay=0.001")
+    assert "warning" not in done.stderr
+    logged = {key: done.events(key)[0]["value"] for key in (
+        "opt_base_learning_rate", "opt_learning_rate_warmup_epochs",
+        "opt_learning_rate_warmup_factor", "opt_learning_rate_decay_boundary_epochs",
+        "opt_learning_rate_decay_factor", "dropout", "opt_weight_decay")}
+    assert logged == {"opt_base_learning_rate": 0.001, "opt_learning_rate_warmup_epochs": 2.0,
+                      "opt_learning_rate_warmup_factor": 4.0,
+                      "opt_learning_rate_decay_boundary_epochs": [4.0, 6.0],
+                      "opt_learning_rate_decay_factor": [0.25, 0.0625], "dropout": 0.5,
+                      "opt_weight_decay": 0.001}

@@ -176,6 +176,7 @@ def test_rcp_reference_units_and_unknown_benchmarks():
     assert mean > 1e6 and stdev > 0  # samples
     assert 5 < rcp.rcp_reference("deepcam", 128)[0] < 10  # epochs
     assert rcp.rcp_reference("gptj", 512) is None
+    assert rcp.rcp_reference("openfold", 128) == rcp.rcp_reference("alphafold2", 128)
     assert rcp.closed_recipe("gptj", None)[0] is False
 
 

@@ -51,6 +51,14 @@ REFERENCES = {
 }
 
 
+def project_name(benchmark: str) -> str:
+    """The project's name of ``benchmark``, also when given its MLPerf name (``openfold``)."""
+    if benchmark in REFERENCES:
+        return benchmark
+    return next((name for name, reference in REFERENCES.items()
+                 if reference.mlperf_name == benchmark), benchmark)
+
+
 @dataclass(frozen=True)
 class RCP:
     """One reference convergence point: a batch size, its hyperparameters and its runs."""
@@ -88,9 +96,9 @@ def _version(folder: Path) -> tuple[int, ...]:
 
 @cache
 def load_rcps(benchmark: str) -> tuple[RCP, ...]:
-    """The RCPs of ``benchmark`` (a project name) in the latest ruleset that has them, by
-    batch size; empty for a benchmark without RCPs or without mlperf-logging."""
-    reference, root = REFERENCES.get(benchmark), rcp_checker_dir()
+    """The RCPs of ``benchmark`` (project or MLPerf name) in the latest ruleset that has them,
+    by batch size; empty for a benchmark without RCPs or without mlperf-logging."""
+    reference, root = REFERENCES.get(project_name(benchmark)), rcp_checker_dir()
     if reference is None or root is None:
         return ()
     folders = sorted((f for f in root.glob(f"{reference.usage}_*")
@@ -293,7 +301,7 @@ BUDGET_KEYS = frozenset({"training.n_epochs"})
 
 def recipe(benchmark: str, rcp: RCP) -> dict[str, Any]:
     """The config values (dotted keys) that reproduce ``rcp``'s hyperparameters."""
-    return _RECIPES[benchmark](rcp.hyperparameters, rcp.batch_size)
+    return _RECIPES[project_name(benchmark)](rcp.hyperparameters, rcp.batch_size)
 
 
 def _get(config: Any, key: str) -> Any:
@@ -352,7 +360,7 @@ def _same(configured: Any, reference: Any) -> bool:
 def closed_recipe(benchmark: str, config: Any) -> tuple[bool, str]:
     """Whether ``config``'s optimizer and schedule are the RCP's at its global batch size
     (the closed division's recipe), and why (the first differing key, or the RCP used)."""
-    reference = REFERENCES.get(benchmark)
+    reference = REFERENCES.get(project_name(benchmark))
     if reference is None:
         return False, f"{benchmark} is not an MLPerf closed-division benchmark"
     if not load_rcps(benchmark):

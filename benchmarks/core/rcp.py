@@ -2,7 +2,7 @@
 
 The mlperf-logging package ships, per benchmark and ruleset, a table of reference runs
 (``rcp_checker/<usage>_<version>/rcps_<benchmark>.json``): for each reference global batch
-size its hyperparameters and the epochs (or samples) that about twenty runs needed to reach
+size its hyperparameters and the epochs (or samples) that 10-40 reference runs needed to reach
 the target. This module reads the latest ruleset that has the benchmark and
 
 * turns the RCP at a global batch size into config values (:func:`recipe`), applied by the

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Training throughput of full-size BERT-Large (335M parameters, 512 tokens, bf16 autocast)
+# Training throughput of full-size BERT-Large (336M parameters with the next-sentence head,
+# 512 tokens, bf16 autocast)
 # on one GPU, through the normal runner, on synthetic shards in the real layout. Prints the
 # samples/s of each block of 20 steps (the first includes start-up). Usage:
 #   bench/gpu_bert_large.sh [DATA_DIR] [LOCAL_BATCH]

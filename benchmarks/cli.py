@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.core import rcp
 from benchmarks.core.config import load_config
 from benchmarks.core.errors import BenchmarkError, ConfigError
 from benchmarks.core.memory import measure
@@ -76,8 +77,8 @@ def table_rows(specs: list[BenchmarkSpec]) -> list[dict[str, object]]:
 
 def _table(args: argparse.Namespace) -> int:
     specs = available_specs()
-    rows = table_rows(specs)
-    if args.measure:
+    rows = rcp.table_rows() if args.rcp else table_rows(specs)
+    if args.measure and not args.rcp:
         device = args.device if args.device != "auto" else (
             "cuda" if torch.cuda.is_available() else "cpu")
         for spec, row in zip(specs, rows, strict=True):
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "scale on CPU, full scale on GPU)")
     table.add_argument("--batch-size", type=int, default=8, help="batch size for --measure")
     table.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    table.add_argument("--rcp", action="store_true",
+                       help="the MLCommons reference convergence points instead: each "
+                            "benchmark's RCP batch sizes and mean epochs (or samples) to "
+                            "converge, from the installed mlperf-logging")
     table.set_defaults(func=_table)
 
     register_perflogs(commands)

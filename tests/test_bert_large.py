@@ -1,5 +1,6 @@
 """BERT-Large: model size, the HDF5 shard reader and its sharding, and the smoke run."""
 
+import dataclasses
 import itertools
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from benchmarks.bert_large.model import (
     MaskedLMAccuracy,
     load_init_checkpoint,
     masked_lm_loss,
+    pretraining_loss,
 )
 from benchmarks.bert_large.train import SPEC, build_model, mlperf_eval_interval
 from benchmarks.core.config import load_config
@@ -34,6 +36,8 @@ from benchmarks.core.errors import InputError
 from tests.conftest import compliance_failures, run_mlbench
 
 BERT_LARGE_MASKED_LM_PARAMETERS = 335_174_458
+# BertForPreTraining: + pooler (1024 x 1024 + 1024) + next-sentence head (2 x 1024 + 2).
+BERT_LARGE_PRETRAINING_PARAMETERS = 336_226_108
 SEQ_LEN, PREDICTIONS = 512, 76
 TINY = BertModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                        dropout=0.0, attention_dropout=0.0)
@@ -79,10 +83,14 @@ def fake_worker(monkeypatch, worker: int, workers: int) -> None:
                         lambda: SimpleNamespace(id=worker, num_workers=workers))
 
 
-def test_parameter_count_is_bert_large_masked_lm():
+@pytest.mark.parametrize("next_sentence,expected", [
+    (True, BERT_LARGE_PRETRAINING_PARAMETERS), (False, BERT_LARGE_MASKED_LM_PARAMETERS)])
+def test_parameter_count_is_bert_large(next_sentence, expected):
+    config = load_config(SPEC.config_path(None), SPEC.schema,
+                         [f"model.next_sentence={str(next_sentence).lower()}"])
     with torch.device("meta"):
-        model = build_model(load_config(SPEC.config_path(None), SPEC.schema))
-    assert sum(p.numel() for p in model.parameters()) == BERT_LARGE_MASKED_LM_PARAMETERS
+        model = build_model(config)
+    assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_mlperf_eval_interval():
@@ -100,7 +108,8 @@ def test_reader_widens_and_labels_real_positions_only(tmp_path, compression, ids
     stream = BertTrainStream([path], rank=0, world_size=1, seed=0)
     samples = list(itertools.islice(stream, 5))
     assert sorted(map(sample_id, samples)) == [0, 1, 2, 3, 4]
-    inputs, labels = samples[0]
+    inputs, (labels, next_sentence) = samples[0]
+    assert next_sentence.dtype == torch.int64 and next_sentence.ndim == 0
     assert all(tensor.dtype == torch.int64 for tensor in inputs.values())
     assert inputs["input_ids"].shape == (SEQ_LEN,) and labels.shape == (PREDICTIONS,)
     assert labels[:3].tolist() == [30000, 30001, 30002]
@@ -147,8 +156,9 @@ def test_eval_set_is_split_evenly_and_padded(tmp_path, monkeypatch):
             eval_set = BertEvalSet(files, rank, world_size=4)
             samples = list(eval_set)
             lengths.add(len(eval_set))
-            real += [sample_id(s) for s in samples if (s[1] != IGNORE_LABEL).any()]
-            padding = [s for s in samples if (s[1] == IGNORE_LABEL).all()]
+            real += [sample_id(s) for s in samples if (s[1][0] != IGNORE_LABEL).any()]
+            padding = [s for s in samples
+                       if (s[1][0] == IGNORE_LABEL).all() and s[1][1] == IGNORE_LABEL]
             assert all(s[0]["attention_mask"].sum() == 1 for s in padding)
     assert lengths == {3} and sorted(real) == list(range(10))
     assert BertEvalSet(files, 0, 1, limit=7).total == 7
@@ -208,8 +218,38 @@ def test_logits_only_at_real_positions_and_trimming_is_exact(tmp_path):
         full = model(**batch)
     assert trimmed.shape == (6, TINY.vocab_size)
     torch.testing.assert_close(trimmed, full)
-    loss = masked_lm_loss(trimmed, targets)
+    loss = masked_lm_loss(trimmed, targets[0])
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_pretraining_loss_is_masked_lm_plus_next_sentence_as_the_reference():
+    """run_pretraining.py: total_loss = masked_lm_loss + next_sentence_loss, the latter the
+    mean over the batch of -log p(label) from the pooled output; padding samples excluded."""
+    torch.manual_seed(0)
+    model = BertMaskedLM(dataclasses.replace(TINY, next_sentence=True)).eval()
+    inputs = {"input_ids": torch.randint(1000, 2000, (3, 12)),
+              "attention_mask": torch.ones(3, 12, dtype=torch.int64),
+              "token_type_ids": torch.zeros(3, 12, dtype=torch.int64),
+              "masked_lm_positions": torch.tensor([[2, 5, 0], [3, 0, 0], [4, 6, 7]])}
+    mlm_labels = torch.tensor([[10, 11, IGNORE_LABEL], [12, IGNORE_LABEL, IGNORE_LABEL],
+                               [13, 14, 15]])
+    next_sentence = torch.tensor([0, 1, IGNORE_LABEL])
+    mlm_logits, nsp_logits = model(**inputs)
+    assert mlm_logits.shape == (6, TINY.vocab_size) and nsp_logits.shape == (3, 2)
+    pooled = model.mlm.bert(input_ids=inputs["input_ids"],
+                            attention_mask=inputs["attention_mask"],
+                            token_type_ids=inputs["token_type_ids"]).pooler_output
+    log_probs = torch.log_softmax(model.mlm.cls.seq_relationship(pooled), dim=-1)
+    nsp_reference = -(log_probs[0, 0] + log_probs[1, 1]) / 2
+    mlm_reference = torch.nn.functional.cross_entropy(mlm_logits, torch.tensor(
+        [10, 11, 12, 13, 14, 15]))
+    loss = pretraining_loss((mlm_logits, nsp_logits), (mlm_labels, next_sentence))
+    torch.testing.assert_close(loss, mlm_reference + nsp_reference)
+    torch.testing.assert_close(pretraining_loss(mlm_logits, (mlm_labels, next_sentence)),
+                               mlm_reference)
+    metric = MaskedLMAccuracy()
+    metric.update((mlm_logits, nsp_logits), (mlm_labels, next_sentence))
+    assert 0 <= metric.compute(torch.device("cpu")) <= 1
 
 
 def test_masked_lm_loss_matches_cross_entropy_value_and_gradient():
@@ -229,7 +269,7 @@ def test_masked_lm_accuracy_counts_real_positions():
     targets = torch.tensor([[5, 7, IGNORE_LABEL], [2, IGNORE_LABEL, IGNORE_LABEL]])
     logits = torch.zeros(3, 10)
     logits[0, 5] = logits[1, 1] = logits[2, 2] = 1.0
-    metric.update(logits, targets)
+    metric.update(logits, (targets, torch.zeros(2, dtype=torch.int64)))
     assert metric.compute(torch.device("cpu")) == pytest.approx(2 / 3)
 
 

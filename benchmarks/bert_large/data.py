@@ -64,7 +64,8 @@ LAYOUT = {
 }
 ID_ARRAYS = ("input_ids", "masked_lm_positions", "masked_lm_ids")
 
-Sample = tuple[dict[str, torch.Tensor], torch.Tensor]
+#: (model inputs, (masked-LM labels [max_predictions], next-sentence label [])).
+Sample = tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -139,7 +140,7 @@ def make_sample(rows: dict[str, np.ndarray], i: int) -> Sample:
         "token_type_ids": torch.from_numpy(rows["segment_ids"][i]),
         "masked_lm_positions": positions,
     }
-    return inputs, labels
+    return inputs, (labels, torch.tensor(rows["next_sentence_labels"][i]))
 
 
 def empty_sample(seq_len: int, max_predictions: int) -> Sample:
@@ -154,7 +155,8 @@ def empty_sample(seq_len: int, max_predictions: int) -> Sample:
         "token_type_ids": torch.zeros(seq_len, dtype=torch.int64),
         "masked_lm_positions": torch.zeros(max_predictions, dtype=torch.int64),
     }
-    return inputs, torch.full((max_predictions,), IGNORE_LABEL, dtype=torch.int64)
+    return inputs, (torch.full((max_predictions,), IGNORE_LABEL, dtype=torch.int64),
+                    torch.tensor(IGNORE_LABEL))
 
 
 def _worker() -> tuple[int, int]:

@@ -1,11 +1,14 @@
-"""BERT-Large masked LM, built from a ``transformers`` config (never downloaded).
+"""BERT-Large pre-training (masked LM + next-sentence prediction), built from a
+``transformers`` config (never downloaded).
 
-The model is ``BertForMaskedLM``: BERT without pooler and next-sentence head, 335,174,458
-parameters at the BERT-Large size (the figure of the original benchmark table; the decoder is
+With ``model.next_sentence`` (the MLPerf recipe) the model is ``BertForPreTraining``:
+336,226,108 parameters at the BERT-Large size, and the loss is the reference's
+``masked_lm_loss + next_sentence_loss`` (``run_pretraining.py``); without it,
+``BertForMaskedLM``: no pooler and next-sentence head, 335,174,458 parameters (the decoder is
 tied to the word embeddings and counted once). :class:`BertMaskedLM` runs the encoder on the
 whole sequence but the prediction head only on the real masked positions (at most 76), as
 NVIDIA's MLPerf implementation does (``dense_seq_output``): the head's 30522-way projection
-over all 512 positions would otherwise dominate the cost.
+over all 512 positions would otherwise dominate the cost. Quality is masked-LM accuracy only.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
 from benchmarks.bert_large.data import IGNORE_LABEL
 from benchmarks.core.errors import InputError
@@ -32,7 +35,8 @@ class BertModelConfig:
     """The ``model`` config section; the defaults are BERT-Large (``bert_config.json``).
 
     ``init_checkpoint`` is an optional PyTorch state dict to start from (MLPerf starts from
-    the converted ``model.ckpt-28252``); pooler and next-sentence weights in it are ignored.
+    the converted ``model.ckpt-28252``); without ``next_sentence`` its pooler and
+    next-sentence weights are ignored.
     """
 
     vocab_size: int = 30522
@@ -47,6 +51,7 @@ class BertModelConfig:
     init_std: float = 0.02
     activation_checkpointing: bool = False
     trim_padding: bool = True
+    next_sentence: bool = False
     init_checkpoint: str = ""
 
 
@@ -68,7 +73,8 @@ def hf_config(cfg: BertModelConfig) -> BertConfig:
 
 
 class BertMaskedLM(nn.Module):
-    """``BertForMaskedLM`` returning logits [real masked positions, vocab] of a batch.
+    """BERT returning masked-LM logits [real masked positions, vocab] of a batch, and with
+    ``next_sentence`` also the next-sentence logits [batch, 2] (a tuple of both).
 
     Inputs are the tensors of one batch of the shard reader (see ``data.py``). Prediction slots
     at position 0 are padding ([CLS] is never masked) and get no logits: the output rows are
@@ -79,22 +85,29 @@ class BertMaskedLM(nn.Module):
 
     def __init__(self, cfg: BertModelConfig) -> None:
         super().__init__()
-        self.mlm = BertForMaskedLM(hf_config(cfg))
+        self.next_sentence = cfg.next_sentence
+        model_class = BertForPreTraining if cfg.next_sentence else BertForMaskedLM
+        self.mlm = model_class(hf_config(cfg))
         self.trim_padding = cfg.trim_padding
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.mlm)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor, masked_lm_positions: torch.Tensor) -> torch.Tensor:
+                token_type_ids: torch.Tensor, masked_lm_positions: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.trim_padding:
             length = int(attention_mask.sum(dim=1).max())
             input_ids, attention_mask, token_type_ids = (
                 t[:, :length] for t in (input_ids, attention_mask, token_type_ids))
-        hidden = self.mlm.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state
+        encoded = self.mlm.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
+        hidden = encoded.last_hidden_state
         index = masked_lm_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         gathered = hidden.gather(1, index)[masked_lm_positions > 0]
-        return self.mlm.cls(gathered)
+        mlm_logits = self.mlm.cls.predictions(gathered)
+        if not self.next_sentence:
+            return mlm_logits
+        return mlm_logits, self.mlm.cls.seq_relationship(encoded.pooler_output)
 
     def transformer_blocks(self) -> list[nn.Module]:
         """The encoder layers: the units an FSDP wrap policy shards one by one."""
@@ -114,7 +127,9 @@ def load_init_checkpoint(model: BertMaskedLM, path: str | Path) -> None:
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise InputError(f"{path}: checkpoint is not a state dict")
-    state = {key: value for key, value in state.items() if not key.startswith(NOT_IN_MASKED_LM)}
+    if not model.next_sentence:
+        state = {key: value for key, value in state.items()
+                 if not key.startswith(NOT_IN_MASKED_LM)}
     try:
         result = model.mlm.load_state_dict(state, strict=False)
     except RuntimeError as err:
@@ -130,6 +145,19 @@ def load_init_checkpoint(model: BertMaskedLM, path: str | Path) -> None:
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the real masked positions (logits come only for those)."""
     return _VocabCrossEntropy.apply(logits, labels[labels != IGNORE_LABEL])
+
+
+def pretraining_loss(outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                     targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The reference's ``masked_lm_loss + next_sentence_loss`` (the mean next-sentence
+    cross-entropy over the batch's real samples); the masked-LM loss alone without the
+    next-sentence head."""
+    mlm_labels, next_sentence_labels = targets
+    if not isinstance(outputs, tuple):
+        return masked_lm_loss(outputs, mlm_labels)
+    mlm_logits, next_sentence_logits = outputs
+    return masked_lm_loss(mlm_logits, mlm_labels) + F.cross_entropy(
+        next_sentence_logits.float(), next_sentence_labels, ignore_index=IGNORE_LABEL)
 
 
 class _VocabCrossEntropy(torch.autograd.Function):
@@ -163,7 +191,9 @@ class MaskedLMAccuracy(RatioMetric):
     higher_is_better = True
     mllog_key = "eval_accuracy"
 
-    def batch_state(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        labels = targets[targets != IGNORE_LABEL]
-        correct = (outputs.argmax(dim=-1) == labels).sum()
+    def batch_state(self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                    targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        labels = targets[0][targets[0] != IGNORE_LABEL]
+        correct = (logits.argmax(dim=-1) == labels).sum()
         return torch.stack([correct, torch.tensor(labels.numel(), device=labels.device)])

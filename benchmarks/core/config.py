@@ -80,8 +80,12 @@ class LRScheduleConfig:
     """Learning-rate schedule, applied per optimizer step.
 
     ``unit`` says whether ``warmup``, ``decay_length``, ``milestones`` and ``step_size`` count
-    epochs or optimizer steps. ``scaling`` scales ``opt.lr`` by global batch / ``base_batch_size``
-    (linear) or by its square root.
+    epochs or optimizer steps; ``decay_unit``, when set, overrides it for ``decay_length``
+    (MLPerf ResNet: warmup in epochs, decay in steps). ``decay_from`` says where a poly or
+    cosine decay starts: at the end of the warmup, or at step 0 with the warmup overriding
+    its first steps (the BERT reference). ``warmup_offset`` is the step at which the warmup
+    starts (BERT's ``start_warmup_step``, may be negative). ``scaling`` scales ``opt.lr`` by
+    global batch / ``base_batch_size`` (linear) or by its square root.
     """
 
     name: Literal["constant", "poly", "cosine", "multistep", "step"] = "constant"
@@ -89,6 +93,9 @@ class LRScheduleConfig:
     warmup: float = 0.0
     warmup_start_factor: float = 0.0
     decay_length: float = 0.0
+    decay_unit: Literal["", "epochs", "steps"] = ""
+    decay_from: Literal["warmup", "start"] = "warmup"
+    warmup_offset: float = 0.0
     end_lr: float = 0.0
     power: float = 2.0
     milestones: list[float] = field(default_factory=list)
@@ -106,6 +113,8 @@ class TrainingConfig:
     ``target`` None means "no quality target": the run trains ``n_epochs`` and succeeds.
     ``steps_per_epoch`` > 0 turns an epoch into a fixed block of optimizer steps over a cycling
     loader (BERT and AlphaFold evaluate every N samples, not every pass over the data).
+    ``recipe: rcp`` takes the optimizer and schedule from the MLCommons reference convergence
+    point at the global batch size, where one exists (``benchmarks.core.rcp``).
     """
 
     target: float | None = None
@@ -121,6 +130,7 @@ class TrainingConfig:
     log_file: str = ""
     checkpoint_dir: str = ""
     checkpoint_every: int = 0
+    recipe: Literal["config", "rcp"] = "config"
 
 
 @dataclass

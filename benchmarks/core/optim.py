@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules from the ``opt`` and ``lr_schedule`` config sections.
 
 SGD, Adam and AdamW are torch's; LARS and LAMB (which torch lacks) are written here after
-their papers (You et al. 2017, 2019) and the MLPerf references. With
+their papers (You et al. 2017, 2019) and the MLPerf references (LAMB as apex FusedLAMB). With
 ``opt.exclude_bias_and_norm`` biases and normalisation weights get no weight decay and, for
 LARS/LAMB, no layer-wise adaptation, as the references do.
 
@@ -9,13 +9,15 @@ Every schedule is a factor of the (batch-scaled) base LR as a function of the op
 applied through ``torch.optim.lr_scheduler.LambdaLR`` and stepped once per optimizer step:
 linear warmup from ``warmup_start_factor``, then ``constant``, ``poly`` (to ``end_lr`` with
 ``power``), ``cosine`` (to ``end_lr``), ``multistep`` (``decay_factors`` or ``gamma``) or
-``step`` (``gamma`` every ``step_size``). Lengths are in epochs or steps (``unit``).
+``step`` (``gamma`` every ``step_size``). Lengths are in epochs or steps (``unit``);
+:func:`schedule_steps` turns them into steps once, for the scheduler and for the logs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -121,13 +123,20 @@ class LARS(Optimizer):
 class LAMB(Optimizer):
     """Adam moments with a layer-wise trust ratio ``|w| / |update|`` (You et al. 2019).
 
-    Decoupled weight decay is part of the update before the trust ratio, as in the BERT
-    reference; groups flagged ``exclude_from_adaptation`` use a trust ratio of 1.
+    The update is apex ``FusedLAMB``'s (the MLPerf DeepCAM and NVIDIA BERT optimizer):
+    ``m = beta1 m + (1 - beta1) g`` (``grad_averaging``; else ``beta1 m + g``), bias-corrected
+    moments (``bias_correction``), ``update = m_hat / (sqrt(v_hat) + eps) + wd w`` (decoupled
+    weight decay), then ``w -= lr * trust * update``. The trust ratio is 1 for groups flagged
+    ``exclude_from_adaptation`` and, as in FusedLAMB, for groups without weight decay.
+    FusedLAMB's global gradient-norm clipping is ``opt.clip_grad_norm``, applied by the loop
+    after the gradient all-reduce.
     """
 
     def __init__(self, params: Iterable, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0) -> None:
+                 eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True,
+                 grad_averaging: bool = True) -> None:
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "bias_correction": bias_correction, "grad_averaging": grad_averaging,
                     "exclude_from_adaptation": False}
         super().__init__(params, defaults)
 
@@ -159,18 +168,25 @@ class LAMB(Optimizer):
         grads = [param.grad for param in params]
         exp_avgs = [self.state[param]["exp_avg"] for param in params]
         exp_avg_sqs = [self.state[param]["exp_avg_sq"] for param in params]
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        if group["grad_averaging"]:
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        else:
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
         # update = m_hat / (sqrt(v_hat) + eps), m_hat and v_hat bias-corrected
+        correct = group["bias_correction"]
         denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
+        if correct:
+            torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
         torch._foreach_add_(denominators, group["eps"])
         updates = torch._foreach_div(exp_avgs, denominators)
-        torch._foreach_div_(updates, 1 - beta1 ** step)
+        if correct:
+            torch._foreach_div_(updates, 1 - beta1 ** step)
         if group["weight_decay"]:
             torch._foreach_add_(updates, params, alpha=group["weight_decay"])
-        if not group["exclude_from_adaptation"]:
+        if group["weight_decay"] and not group["exclude_from_adaptation"]:
             w_norms = torch.stack(torch._foreach_norm(params))
             u_norms = torch.stack(torch._foreach_norm(updates))
             trust = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms,
@@ -187,39 +203,70 @@ def scaled_base_lr(lr: float, cfg: LRScheduleConfig, global_batch_size: int) -> 
     return lr * (ratio if cfg.scaling == "linear" else math.sqrt(ratio))
 
 
+@dataclass(frozen=True)
+class ScheduleSteps:
+    """A schedule's lengths in optimizer steps: the one place where epochs become steps.
+
+    The benchmarks log their MLPerf schedule keys (decay steps, warmup steps, training
+    steps) from these values, so the log says what the scheduler does.
+    """
+
+    warmup: float
+    warmup_offset: float  # the step at which the warmup starts
+    decay_start: float  # the step at which a poly or cosine decay starts
+    decay: float  # steps from decay_start to the end of the decay
+    milestones: tuple[float, ...]
+    step_size: float
+    total: int
+
+
+def schedule_steps(cfg: LRScheduleConfig, steps_per_epoch: int, total_steps: int) -> ScheduleSteps:
+    """The lengths of ``cfg`` in optimizer steps, for ``steps_per_epoch`` and ``total_steps``."""
+
+    def to_steps(length: float, unit: str) -> float:
+        return length * steps_per_epoch if unit == "epochs" else length
+
+    warmup = to_steps(cfg.warmup, cfg.unit)
+    decay_start = warmup if cfg.decay_from == "warmup" else 0.0
+    decay = (to_steps(cfg.decay_length, cfg.decay_unit or cfg.unit) if cfg.decay_length
+             else total_steps - decay_start)
+    return ScheduleSteps(
+        warmup=warmup, warmup_offset=cfg.warmup_offset, decay_start=decay_start,
+        decay=max(decay, 1.0), milestones=tuple(to_steps(m, cfg.unit) for m in cfg.milestones),
+        step_size=max(to_steps(cfg.step_size, cfg.unit), 1.0), total=total_steps)
+
+
 def lr_factor_fn(cfg: LRScheduleConfig, base_lr: float, steps_per_epoch: int,
                  total_steps: int) -> Callable[[int], float]:
-    """The LR factor (multiplier of ``base_lr``) after ``step`` optimizer steps."""
+    """The LR factor (multiplier of ``base_lr``) after ``step`` optimizer steps.
 
-    def to_steps(length: float) -> float:
-        return length * steps_per_epoch if cfg.unit == "epochs" else length
-
-    warmup = to_steps(cfg.warmup)
-    decay_length = to_steps(cfg.decay_length) if cfg.decay_length else total_steps - warmup
-    decay_length = max(decay_length, 1.0)
+    Warmup: linear from ``warmup_start_factor`` while ``step - warmup_offset < warmup``. After
+    it, ``poly`` and ``cosine`` follow their progress from ``decay_start`` over ``decay``
+    steps (then hold ``end_lr``); ``multistep`` and ``step`` count from step 0.
+    """
+    steps = schedule_steps(cfg, steps_per_epoch, total_steps)
     end_factor = cfg.end_lr / base_lr if base_lr > 0 else 0.0
-    milestones = [to_steps(m) for m in cfg.milestones]
-    step_size = max(to_steps(cfg.step_size), 1.0)
 
     def after_warmup(step: int) -> float:
-        progress = min(max(step - warmup, 0.0) / decay_length, 1.0)
+        progress = min(max(step - steps.decay_start, 0.0) / steps.decay, 1.0)
         if cfg.name == "poly":
             return (1.0 - end_factor) * (1.0 - progress) ** cfg.power + end_factor
         if cfg.name == "cosine":
             return end_factor + (1.0 - end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if cfg.name == "multistep":
-            passed = sum(step >= m for m in milestones)
+            passed = sum(step >= m for m in steps.milestones)
             if passed == 0:
                 return 1.0
             return cfg.decay_factors[passed - 1] if cfg.decay_factors else cfg.gamma ** passed
         if cfg.name == "step":
-            return cfg.gamma ** math.floor(step / step_size)
+            return cfg.gamma ** math.floor(step / steps.step_size)
         return 1.0
 
     def factor(step: int) -> float:
-        if step < warmup:
+        into_warmup = step - steps.warmup_offset
+        if into_warmup < steps.warmup:
             start = cfg.warmup_start_factor
-            return start + (1.0 - start) * step / warmup
+            return start + (1.0 - start) * max(into_warmup, 0.0) / steps.warmup
         return after_warmup(step)
 
     return factor

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.core import distributed, mllog
+from benchmarks.core import distributed, mllog, rcp
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext, TrainingConfig
 from benchmarks.core.data import seed_everything
@@ -111,6 +111,9 @@ def train(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         env = distributed.detect_env()
         resolve_batch_sizes(config, env.world_size)
+        warning = rcp.apply_recipe(spec.name, config, rcp.override_keys(overrides))
+        if warning and env.is_main:
+            print(f"mlbench {spec.name}: warning: {warning}", file=sys.stderr, flush=True)
         _limit_threads()
         keep_freed_memory()
         make_deterministic(config.training)

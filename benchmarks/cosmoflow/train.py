@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.core.config import Config, ConfigSchema, GlobalContext
+from benchmarks.core.config import Config, ConfigSchema, GlobalContext, LRScheduleConfig
 from benchmarks.core.data import build_loader
 from benchmarks.core.loop import Task
 from benchmarks.core.metrics import RatioMetric
-from benchmarks.core.optim import scaled_base_lr
 from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.cosmoflow.data import CosmoFlowDataConfig, build_datasets, input_edge, synthesize
 from benchmarks.cosmoflow.model import CosmoFlow, ModelConfig
@@ -35,6 +34,13 @@ class MeanAbsoluteError(RatioMetric):
         return torch.stack([errors.sum(dtype=torch.float64),
                             torch.tensor(errors.numel(), dtype=torch.float64,
                                          device=errors.device)])
+
+
+def warmup_factor(schedule: LRScheduleConfig) -> float:
+    """Peak LR / LR at step 0: the reference's ``opt_learning_rate_warmup_factor``."""
+    if schedule.warmup and schedule.warmup_start_factor:
+        return 1.0 / schedule.warmup_start_factor
+    return 1.0
 
 
 def build_model(config: Config) -> nn.Module:
@@ -59,8 +65,7 @@ def build_task(context: GlobalContext) -> Task:
         train_samples=len(train_set),
         eval_samples=len(eval_set),
         hyperparameters={
-            "opt_learning_rate_warmup_factor": scaled_base_lr(1.0, schedule,
-                                                              data.global_batch_size),
+            "opt_learning_rate_warmup_factor": warmup_factor(schedule),
             "opt_learning_rate_decay_boundary_epochs": schedule.milestones,
             "opt_learning_rate_decay_factor": schedule.decay_factors or schedule.gamma,
             "dropout": config.model.dropout,

@@ -17,9 +17,10 @@ from torch import nn
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext
 from benchmarks.core.data import build_loader
 from benchmarks.core.errors import ConfigError
-from benchmarks.core.loop import Task
+from benchmarks.core.loop import Task, steps_per_epoch
 from benchmarks.core.metrics import RatioMetric
-from benchmarks.core.optim import scaled_base_lr
+from benchmarks.core.optim import scaled_base_lr, schedule_steps
+from benchmarks.core.rcp import deepcam_reference_milestones
 from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.deepcam.data import NUM_CLASSES, DeepCAMDataConfig, build_datasets, synthesize
 from benchmarks.deepcam.model import DeepLabV3Plus, ModelConfig
@@ -89,25 +90,29 @@ def build_task(context: GlobalContext) -> Task:
     train_set, eval_set = build_datasets(data)
     common = {"env": env, "device": device, "num_workers": data.num_workers,
               "prefetch_factor": data.prefetch_factor, "seed": config.training.seed}
+    train_loader = build_loader(train_set, data.local_batch_size, train=True,
+                                shuffle=data.shuffle, drop_last=data.drop_last, **common)
     return Task(
         model=build_model(config),
-        train_loader=build_loader(train_set, data.local_batch_size, train=True,
-                                  shuffle=data.shuffle, drop_last=data.drop_last, **common),
+        train_loader=train_loader,
         eval_loader=build_loader(eval_set, data.eval_batch_size, train=False, **common),
         loss_fn=WeightedCrossEntropy(),
         metric=MeanIoU(),
         train_samples=len(train_set),
         eval_samples=len(eval_set),
-        hyperparameters=mlperf_hyperparameters(config, env.world_size),
+        hyperparameters=mlperf_hyperparameters(config, env.world_size,
+                                               steps_per_epoch(train_loader, config)),
     )
 
 
 MLPERF_OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "lamb": "LAMB"}
 
 
-def mlperf_hyperparameters(config: Config, world_size: int) -> dict:
-    """The DeepCAM-specific keys of the MLPerf HPC rules, from the config."""
+def mlperf_hyperparameters(config: Config, world_size: int, steps_per_epoch: int) -> dict:
+    """The DeepCAM-specific keys of the MLPerf HPC rules (``closed_deepcam*.yaml``), with the
+    schedule's lengths in steps as the scheduler computes them."""
     opt, schedule = config.opt, config.lr_schedule
+    lengths = schedule_steps(schedule, steps_per_epoch, steps_per_epoch * config.training.n_epochs)
     keys = {
         "opt_name": MLPERF_OPTIMIZER_NAMES.get(opt.name, opt.name),
         "gradient_accumulation_frequency": config.data.gradient_accumulation,
@@ -116,15 +121,20 @@ def mlperf_hyperparameters(config: Config, world_size: int) -> dict:
         "opt_betas": list(opt.betas),
         "opt_eps": opt.eps,
         "scheduler_type": "cosine_annealing" if schedule.name == "cosine" else schedule.name,
-        "scheduler_lr_warmup_steps": schedule.warmup,
+        "scheduler_lr_warmup_steps": int(lengths.warmup),
         "scheduler_lr_warmup_factor": (1.0 / schedule.warmup_start_factor
                                        if schedule.warmup_start_factor else 1.0),
+        "scheduler_decay_rate": schedule.gamma,  # logged by the reference for either type
     }
+    if opt.name == "lamb":
+        # FusedLAMB's settings; this LAMB always corrects the bias and averages gradients.
+        keys.update({"opt_bias_correction": True, "opt_grad_averaging": True,
+                     "opt_max_grad_norm": opt.clip_grad_norm})
     if schedule.name == "multistep":
-        keys["scheduler_milestones"] = schedule.milestones
-        keys["scheduler_decay_rate"] = schedule.gamma
+        keys["scheduler_milestones"] = deepcam_reference_milestones(lengths.milestones,
+                                                                    lengths.warmup)
     elif schedule.name == "cosine":
-        keys["scheduler_t_max"] = schedule.decay_length
+        keys["scheduler_t_max"] = int(lengths.decay)
         keys["scheduler_eta_min"] = schedule.end_lr
     return keys
 

@@ -20,6 +20,7 @@ from benchmarks.core.config import Config, ConfigSchema, GlobalContext
 from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
+from benchmarks.core.optim import schedule_steps
 from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.gptj.data import (
     EOS_TOKEN,
@@ -77,16 +78,15 @@ def build_task(context: GlobalContext) -> Task:
 def mlperf_adam_keys(config: Config, tokenizer_size: int) -> dict[str, object]:
     """The optimizer and sequence keys MLPerf's GPT-3 rules ask for, plus the vocabulary."""
     opt, schedule, training = config.opt, config.lr_schedule, config.training
-    per_unit = training.steps_per_epoch if schedule.unit == "epochs" else 1
-    decay_steps = (schedule.decay_length * per_unit if schedule.decay_length
-                   else training.steps_per_epoch * training.n_epochs - schedule.warmup * per_unit)
+    lengths = schedule_steps(schedule, training.steps_per_epoch,
+                             training.steps_per_epoch * training.n_epochs)
     return {
         "max_sequence_length": config.data.seq_len,
         "opt_adam_beta_1": opt.betas[0],
         "opt_adam_beta_2": opt.betas[1],
         "opt_adam_epsilon": opt.eps,
         "opt_end_learning_rate": schedule.end_lr,
-        "opt_learning_rate_decay_steps": int(decay_steps),
+        "opt_learning_rate_decay_steps": int(lengths.decay),
         "opt_learning_rate_decay_schedule": f"{schedule.name} with linear warmup",
         "mlbench_tokenizer_size": tokenizer_size,
     }

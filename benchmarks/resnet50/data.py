@@ -15,7 +15,7 @@ since torchvision 0.29). Both feed the same transforms v2 pipeline.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -29,11 +29,13 @@ from tqdm import tqdm
 
 from benchmarks.core.config import DataConfig
 from benchmarks.core.data import require_dir
-from benchmarks.core.errors import InputError
+from benchmarks.core.errors import ConfigError, InputError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The MLPerf TF2 reference's channel means on 0-255 (imagenet_preprocessing.py).
+REFERENCE_CHANNEL_MEANS = (123.68, 116.78, 103.94)
 
 
 @dataclass
@@ -45,6 +47,11 @@ class ImageNetDataConfig(DataConfig):
     image_size: int = 224
     resize_size: int = 256
     decoder: Literal["torchvision", "pil"] = "torchvision"
+    # Training crop: RandomResizedCrop's range of the image area it keeps.
+    crop_area: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    # mean_std: (x - mean) / std on [0, 1] (torchvision); mean: x - mean on [0, 255] (the
+    # MLPerf TF2 reference's mean subtraction).
+    normalize: Literal["mean_std", "mean"] = "mean_std"
 
 
 class ImageFolderRGB(Dataset):
@@ -105,9 +112,16 @@ def build_datasets(cfg: ImageNetDataConfig) -> tuple[ImageFolderRGB, ImageFolder
     root = require_dir(cfg.data_dir, "ImageNet data_dir")
     train_root = require_dir(root / cfg.train_dir, "training split (data.train_dir)")
     eval_root = require_dir(root / cfg.eval_dir, "evaluation split (data.eval_dir)")
-    to_normalized_float = [v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    train_tf = v2.Compose([v2.RandomResizedCrop(cfg.image_size, antialias=True),
+    low, high = (cfg.crop_area + [0.0, 0.0])[:2]
+    if len(cfg.crop_area) != 2 or not 0 < low <= high <= 1:
+        raise ConfigError(f"config key 'data.crop_area': expected [low, high] with "
+                          f"0 < low <= high <= 1, got {cfg.crop_area}")
+    # On [0, 1] pixels, (x - mean / 255) / (1 / 255) is the reference's x - mean on 0-255.
+    mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if cfg.normalize == "mean_std" else
+                 (tuple(m / 255 for m in REFERENCE_CHANNEL_MEANS), (1 / 255,) * 3))
+    to_normalized_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    train_tf = v2.Compose([v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_area),
+                                                antialias=True),
                            v2.RandomHorizontalFlip(), *to_normalized_float])
     eval_tf = v2.Compose([v2.Resize(cfg.resize_size, antialias=True),
                           v2.CenterCrop(cfg.image_size), *to_normalized_float])

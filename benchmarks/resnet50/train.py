@@ -16,7 +16,7 @@ from benchmarks.core.data import build_loader
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task, steps_per_epoch
 from benchmarks.core.metrics import TopKAccuracy
-from benchmarks.core.optim import scaled_base_lr
+from benchmarks.core.optim import scaled_base_lr, schedule_steps
 from benchmarks.core.runner import BenchmarkSpec, main
 from benchmarks.resnet50.data import ImageNetDataConfig, build_datasets, synthesize
 from benchmarks.resnet50.model import ResNetModelConfig, build_resnet
@@ -57,19 +57,20 @@ def build_task(context: GlobalContext) -> Task:
 
 
 def mlperf_optimizer_keys(config: Config, steps: int) -> dict[str, float]:
-    """The ``sgd_*`` / ``lars_*`` keys the MLPerf ResNet rules require for the closed division."""
+    """The ``sgd_*`` / ``lars_*`` keys the MLPerf ResNet rules require for the closed division
+    (``steps``: optimizer steps per epoch; the decay steps are the scheduler's own)."""
     opt, schedule = config.opt, config.lr_schedule
-    decay_epochs = schedule.decay_length or config.training.n_epochs - schedule.warmup
+    lengths = schedule_steps(schedule, steps, steps * config.training.n_epochs)
     keys = {
         "opt_base_learning_rate": scaled_base_lr(opt.lr, schedule, config.data.global_batch_size),
         "opt_end_learning_rate": schedule.end_lr,
         "opt_learning_rate_decay_poly_power": schedule.power,
-        "opt_learning_rate_decay_steps": int(decay_epochs * steps),
+        "opt_learning_rate_decay_steps": int(lengths.decay),
         "opt_weight_decay": opt.weight_decay,
         "opt_momentum": opt.momentum,
     }
     if opt.name == "lars":
-        keys["opt_learning_rate_warmup_epochs"] = schedule.warmup
+        keys["opt_learning_rate_warmup_epochs"] = lengths.warmup / steps
         keys["epsilon"] = opt.eps
     return {f"{opt.name}_{key}": value for key, value in keys.items()}
 

@@ -54,9 +54,8 @@ def logged_hyperparameters(benchmark: str, config) -> dict:
         return {"optimizer": opt.name, "model_bn_span": None,
                 **{key.removeprefix("lars_"): value for key, value in keys.items()}}
     if benchmark == "bert_large":
-        config.training.steps_per_epoch = 57
         return {"opt_base_learning_rate": base_lr, "opt_epsilon": opt.eps,
-                "gradient_accumulation_steps": None, **mlperf_lamb_keys(config, 512)}
+                "gradient_accumulation_steps": None, **mlperf_lamb_keys(config, 512, 57)}
     if benchmark == "cosmoflow":
         factors = schedule.decay_factors or schedule.gamma
         return {"global_batch_size": config.data.global_batch_size, "opt_name": opt.name.upper(),

@@ -14,7 +14,10 @@ constants plus the project's own, namespaced ``mlbench_`` (names in
 from __future__ import annotations
 
 import logging
+import math
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mlperf_logging.mllog import constants
@@ -35,10 +38,60 @@ from benchmarks.core.errors import ConfigError
 
 NUMBER_OF_NODES = "number_of_nodes"
 ACCELERATORS_PER_NODE = "accelerators_per_node"
+#: SHA-256 of the starting checkpoint's weight files (a key of the MLPerf HPC OpenFold rules).
+INIT_CHECKPOINT_SHA256 = "init_checkpoint_sha256sum"
 
 SUBMISSION_ORG = "mlbench-reframe"
-SUBMISSION_DIVISION = "open"
 SUBMISSION_STATUS = "research"
+CLOSED, OPEN = "closed", "open"
+
+
+@dataclass(frozen=True)
+class ClosedRules:
+    """What the closed division of a benchmark's MLPerf rules fixes that a config sets.
+
+    ``usage`` and ``ruleset`` name the mlperf-logging compliance-checker rules the log is
+    written for (``python -m mlperf_logging.compliance_checker --usage U --ruleset R``).
+    """
+
+    usage: str
+    ruleset: str
+    target: float
+    needs_init_checkpoint: bool = False
+
+
+#: By ``submission_benchmark``: the latest ruleset in mlperf-logging with closed rules for the
+#: benchmark (ResNet has none after training 4.0.0), with the quality target of its
+#: ``closed_<benchmark>.yaml`` and whether the reference starts from a checkpoint. GPT-J has
+#: no MLPerf rules: its runs are always open.
+CLOSED_RULES = {
+    "resnet": ClosedRules("training", "4.0.0", 0.759),
+    "bert": ClosedRules("training", "5.0.0", 0.720, needs_init_checkpoint=True),
+    "cosmoflow": ClosedRules("hpc", "3.0.0", 0.124),
+    "deepcam": ClosedRules("hpc", "3.0.0", 0.82),
+    "openfold": ClosedRules("hpc", "3.0.0", 0.8, needs_init_checkpoint=True),
+}
+
+
+def submission_division(benchmark: str, target: float | None, init_checkpoint: str = "",
+                        recipe_reasons: Sequence[str] = ()) -> tuple[str, str]:
+    """``("closed", "")`` when the run can be a closed-division run, else ``("open", why)``.
+
+    Checked here: the benchmark has closed rules, the configured target is the rules' target,
+    and the start checkpoint is configured where the reference starts from one. Whether the
+    recipe (batch size, hyperparameters) matches a reference convergence point is for the
+    caller to check: its findings come in as ``recipe_reasons``, one reason per line.
+    """
+    rules = CLOSED_RULES.get(benchmark)
+    if rules is None:
+        return OPEN, f"no MLPerf closed-division rules for '{benchmark}'"
+    reasons = []
+    if target is None or not math.isclose(target, rules.target, rel_tol=1e-9):
+        reasons.append(f"target {target} is not the rules' {rules.target}")
+    if rules.needs_init_checkpoint and not init_checkpoint:
+        reasons.append("no model.init_checkpoint (the rules start from the reference checkpoint)")
+    reasons.extend(recipe_reasons)
+    return (OPEN, "; ".join(reasons)) if reasons else (CLOSED, "")
 
 
 class MLLogger:
@@ -78,11 +131,14 @@ class MLLogger:
             self._logger.end(key=key, value=value, metadata=metadata)
 
     def submission(self, benchmark: str, platform: str, num_nodes: int,
-                   accelerators_per_node: int) -> None:
-        """The submission_* keys and the HPC cluster keys the checker requires."""
+                   accelerators_per_node: int, division: str = OPEN,
+                   reason: str = "not checked against the closed rules") -> None:
+        """The submission_* keys and the HPC cluster keys the checker requires; the division
+        (see :func:`submission_division`) carries its reason in the metadata."""
         self.event(constants.SUBMISSION_BENCHMARK, benchmark)
         self.event(constants.SUBMISSION_ORG, SUBMISSION_ORG)
-        self.event(constants.SUBMISSION_DIVISION, SUBMISSION_DIVISION)
+        self.event(constants.SUBMISSION_DIVISION, division,
+                   metadata={"reason": reason} if reason else None)
         self.event(constants.SUBMISSION_STATUS, SUBMISSION_STATUS)
         self.event(constants.SUBMISSION_PLATFORM, platform)
         self.event(NUMBER_OF_NODES, num_nodes)
@@ -96,5 +152,6 @@ class MLLogger:
                     handler.close()
 
 
-__all__ = ["MLLogger", "constants", "THROUGHPUT", "TARGET", "PEAK_MEMORY", "NUM_PARAMETERS",
+__all__ = ["MLLogger", "constants", "CLOSED_RULES", "INIT_CHECKPOINT_SHA256",
+           "submission_division", "THROUGHPUT", "TARGET", "PEAK_MEMORY", "NUM_PARAMETERS",
            "RESUMED", "ENVIRONMENT", "ENERGY", "STAGING_START", "STAGING_STOP"]

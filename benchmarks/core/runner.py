@@ -142,8 +142,11 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
     log.event(constants.CACHE_CLEAR, True)
     log.start(constants.INIT_START)
     nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
+    division, reason = mllog.submission_division(
+        spec.mllog_name, config.training.target, getattr(config.model, "init_checkpoint", ""))
     log.submission(spec.mllog_name, platform=socket.gethostname(), num_nodes=nodes,
-                   accelerators_per_node=env.local_world_size if device.type == "cuda" else 0)
+                   accelerators_per_node=env.local_world_size if device.type == "cuda" else 0,
+                   division=division, reason=reason)
     seed_everything(config.training.seed, env.rank)
     log.event(constants.SEED, config.training.seed)
     task = spec.build_task(context)

@@ -24,11 +24,11 @@ from benchmarks.bert_large.checkpoint import (
     load_init_checkpoint,
     masked_crc32c,
     read_checkpoint,
-    sha256sum,
 )
 from benchmarks.bert_large.data import synthesize
 from benchmarks.bert_large.model import BertMaskedLM, BertModelConfig, hf_config
 from benchmarks.core.errors import InputError
+from benchmarks.core.mllog import sha256sum
 from tests.conftest import run_mlbench
 
 # A vocabulary of 42 is padded to 48 by NVIDIA's converter, as 30522 is to 30528.

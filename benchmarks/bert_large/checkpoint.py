@@ -19,7 +19,6 @@ library, numpy and ``crc32c``, as ``benchmarks/cosmoflow/tfrecord.py`` parses TF
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 from collections.abc import Iterator, Mapping
@@ -373,19 +372,6 @@ def checkpoint_files(path: str | Path) -> list[Path]:
         return [Path(path)]
     num_shards, _ = read_tf_index(prefix)
     return [shard_path(prefix, shard, num_shards) for shard in range(num_shards)]
-
-
-def sha256sum(files: list[Path]) -> str:
-    """SHA-256 of the files' bytes, concatenated in order (``sha256sum`` of a single file)."""
-    digest = hashlib.sha256()
-    for path in files:
-        try:
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 24):
-                    digest.update(chunk)
-        except OSError as err:
-            raise InputError(f"{path}: cannot read checkpoint ({err.strerror})") from None
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

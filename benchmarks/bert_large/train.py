@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.bert_large.checkpoint import checkpoint_files, load_init_checkpoint, sha256sum
+from benchmarks.bert_large.checkpoint import checkpoint_files, load_init_checkpoint
 from benchmarks.bert_large.data import (
     BertDataConfig,
     BertEvalSet,
@@ -36,7 +36,7 @@ from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.distributed import all_reduce_sum
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
-from benchmarks.core.mllog import INIT_CHECKPOINT_SHA256
+from benchmarks.core.mllog import INIT_CHECKPOINT_SHA256, sha256sum
 from benchmarks.core.runner import BenchmarkSpec, run
 
 
@@ -83,6 +83,7 @@ def build_task(context: GlobalContext) -> Task:
         eval_samples=eval_set.total,
         hyperparameters=hyperparameters,
         fsdp_units=lambda wrapped: wrapped.transformer_blocks(),
+        samples_per_epoch=training.steps_per_epoch * data.global_batch_size,
     )
 
 

@@ -44,6 +44,8 @@ class Task:
     and ``metric.update(outputs, targets)`` accumulates the quality metric.
     ``train_samples`` / ``eval_samples`` are global dataset sizes for the MLPerf log;
     ``hyperparameters`` are extra MLPerf keys the benchmark logs at init.
+    ``samples_per_epoch``, where set, makes the evaluation events' ``epoch_num`` count training
+    samples (epoch x samples_per_epoch), as the BERT and OpenFold rules count them.
     """
 
     model: nn.Module
@@ -55,6 +57,7 @@ class Task:
     eval_samples: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
+    samples_per_epoch: int = 0
 
 
 @dataclass
@@ -137,11 +140,12 @@ class Trainer:
                 self.log.end(constants.BLOCK_STOP,
                              metadata={"first_epoch_num": self.block_first_epoch})
                 self.block_first_epoch = epoch + 1
-                self.log.start(constants.EVAL_START, metadata={"epoch_num": epoch})
+                epoch_num = epoch * (self.task.samples_per_epoch or 1)
+                self.log.start(constants.EVAL_START, metadata={"epoch_num": epoch_num})
                 self.last_metric = self.evaluate()
                 self.log.event(self.task.metric.mllog_key, self.last_metric,
-                               metadata={"epoch_num": epoch})
-                self.log.end(constants.EVAL_STOP, metadata={"epoch_num": epoch})
+                               metadata={"epoch_num": epoch_num})
+                self.log.end(constants.EVAL_STOP, metadata={"epoch_num": epoch_num})
                 reached = self.task.metric.reached(self.last_metric, training.target)
                 self._progress(f"epoch {epoch}: {self.task.metric.name} "
                                f"{self.last_metric:.4f} (target {training.target})")

@@ -13,11 +13,13 @@ constants plus the project's own, namespaced ``mlbench_`` (names in
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlperf_logging.mllog import constants
@@ -34,7 +36,7 @@ from benchmarks.core.constants import (  # noqa: F401 - re-exported for the loop
     TARGET,
     THROUGHPUT,
 )
-from benchmarks.core.errors import ConfigError
+from benchmarks.core.errors import ConfigError, InputError
 
 NUMBER_OF_NODES = "number_of_nodes"
 ACCELERATORS_PER_NODE = "accelerators_per_node"
@@ -92,6 +94,20 @@ def submission_division(benchmark: str, target: float | None, init_checkpoint: s
         reasons.append("no model.init_checkpoint (the rules start from the reference checkpoint)")
     reasons.extend(recipe_reasons)
     return (OPEN, "; ".join(reasons)) if reasons else (CLOSED, "")
+
+
+def sha256sum(files: Sequence[Path]) -> str:
+    """The ``init_checkpoint_sha256sum`` value: SHA-256 of the files' bytes, concatenated in
+    order (``sha256sum`` of a single file)."""
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+        except OSError as err:
+            raise InputError(f"{path}: cannot read checkpoint ({err.strerror})") from None
+    return digest.hexdigest()
 
 
 class MLLogger:
@@ -153,5 +169,6 @@ class MLLogger:
 
 
 __all__ = ["MLLogger", "constants", "CLOSED_RULES", "INIT_CHECKPOINT_SHA256",
-           "submission_division", "THROUGHPUT", "TARGET", "PEAK_MEMORY", "NUM_PARAMETERS",
+           "submission_division", "sha256sum", "THROUGHPUT", "TARGET", "PEAK_MEMORY",
+           "NUM_PARAMETERS",
            "RESUMED", "ENVIRONMENT", "ENERGY", "STAGING_START", "STAGING_STOP"]

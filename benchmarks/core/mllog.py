@@ -17,11 +17,13 @@ import hashlib
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+from mlperf_logging import compliance_checker
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog import mllog as mllog_impl
 
@@ -75,14 +77,40 @@ CLOSED_RULES = {
 }
 
 
+def closed_rule_violations(benchmark: str, logged: Mapping[str, Any]) -> list[str]:
+    """The checks of the installed checker's ``closed_<benchmark>.yaml`` that the values
+    logged at init fail, as ``"key=value (rule)"``. Checks of keys not in ``logged`` (those
+    of the run's results) and checks that need the checker's state are left to the checker."""
+    rules = CLOSED_RULES[benchmark]
+    path = (Path(compliance_checker.__file__).parent / f"{rules.usage}_{rules.ruleset}"
+            / f"closed_{benchmark}.yaml")
+    violations = []
+    for entry in yaml.safe_load(path.read_text()) or []:
+        rule = entry.get("KEY") if isinstance(entry, dict) else None
+        if not rule or rule.get("NAME") not in logged or not rule.get("CHECK"):
+            continue
+        name, checks = rule["NAME"], rule["CHECK"]
+        for check in [checks] if isinstance(checks, str) else checks:
+            scope = {"v": {"value": logged[name], "metadata": {}}, "s": {}, "math": math}
+            try:
+                passed = eval(check, scope)  # noqa: S307 - the checker's own rule expressions
+            except Exception:  # noqa: BLE001 - needs the checker's state: not decidable here
+                continue
+            if not passed:
+                violations.append(f"{name}={logged[name]!r} ({check.strip()})")
+    return violations
+
+
 def submission_division(benchmark: str, target: float | None, init_checkpoint: str = "",
+                        logged: Mapping[str, Any] | None = None,
                         recipe_reasons: Sequence[str] = ()) -> tuple[str, str]:
     """``("closed", "")`` when the run can be a closed-division run, else ``("open", why)``.
 
     Checked here: the benchmark has closed rules, the configured target is the rules' target,
-    and the start checkpoint is configured where the reference starts from one. Whether the
-    recipe (batch size, hyperparameters) matches a reference convergence point is for the
-    caller to check: its findings come in as ``recipe_reasons``, one reason per line.
+    the start checkpoint is configured where the reference starts from one, and the keys
+    logged at init (``logged``) pass the closed rules' checks. Whether the recipe (batch size,
+    hyperparameters) matches a reference convergence point is for the caller to check: its
+    findings come in as ``recipe_reasons``.
     """
     rules = CLOSED_RULES.get(benchmark)
     if rules is None:
@@ -92,6 +120,7 @@ def submission_division(benchmark: str, target: float | None, init_checkpoint: s
         reasons.append(f"target {target} is not the rules' {rules.target}")
     if rules.needs_init_checkpoint and not init_checkpoint:
         reasons.append("no model.init_checkpoint (the rules start from the reference checkpoint)")
+    reasons.extend(closed_rule_violations(benchmark, logged or {}))
     reasons.extend(recipe_reasons)
     return (OPEN, "; ".join(reasons)) if reasons else (CLOSED, "")
 
@@ -147,18 +176,20 @@ class MLLogger:
             self._logger.end(key=key, value=value, metadata=metadata)
 
     def submission(self, benchmark: str, platform: str, num_nodes: int,
-                   accelerators_per_node: int, division: str = OPEN,
-                   reason: str = "not checked against the closed rules") -> None:
-        """The submission_* keys and the HPC cluster keys the checker requires; the division
-        (see :func:`submission_division`) carries its reason in the metadata."""
+                   accelerators_per_node: int) -> None:
+        """The submission_* keys but the division (logged once the run's keys are known, see
+        :meth:`division`) and the HPC cluster keys the checker requires."""
         self.event(constants.SUBMISSION_BENCHMARK, benchmark)
         self.event(constants.SUBMISSION_ORG, SUBMISSION_ORG)
-        self.event(constants.SUBMISSION_DIVISION, division,
-                   metadata={"reason": reason} if reason else None)
         self.event(constants.SUBMISSION_STATUS, SUBMISSION_STATUS)
         self.event(constants.SUBMISSION_PLATFORM, platform)
         self.event(NUMBER_OF_NODES, num_nodes)
         self.event(ACCELERATORS_PER_NODE, accelerators_per_node)
+
+    def division(self, division: str, reason: str) -> None:
+        """``submission_division`` (see :func:`submission_division`), with its reason."""
+        self.event(constants.SUBMISSION_DIVISION, division,
+                   metadata={"reason": reason} if reason else None)
 
     def close(self) -> None:
         if self._logger:
@@ -169,6 +200,6 @@ class MLLogger:
 
 
 __all__ = ["MLLogger", "constants", "CLOSED_RULES", "INIT_CHECKPOINT_SHA256",
-           "submission_division", "sha256sum", "THROUGHPUT", "TARGET", "PEAK_MEMORY",
-           "NUM_PARAMETERS",
-           "RESUMED", "ENVIRONMENT", "ENERGY", "STAGING_START", "STAGING_STOP"]
+           "submission_division", "closed_rule_violations", "sha256sum", "THROUGHPUT",
+           "TARGET", "PEAK_MEMORY", "NUM_PARAMETERS", "RESUMED", "ENVIRONMENT", "ENERGY",
+           "STAGING_START", "STAGING_STOP"]

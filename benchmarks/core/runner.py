@@ -142,11 +142,8 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
     log.event(constants.CACHE_CLEAR, True)
     log.start(constants.INIT_START)
     nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
-    division, reason = mllog.submission_division(
-        spec.mllog_name, config.training.target, getattr(config.model, "init_checkpoint", ""))
     log.submission(spec.mllog_name, platform=socket.gethostname(), num_nodes=nodes,
-                   accelerators_per_node=env.local_world_size if device.type == "cuda" else 0,
-                   division=division, reason=reason)
+                   accelerators_per_node=env.local_world_size if device.type == "cuda" else 0)
     seed_everything(config.training.seed, env.rank)
     log.event(constants.SEED, config.training.seed)
     task = spec.build_task(context)
@@ -163,7 +160,7 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
     optimizer = build_optimizer(model, config.opt, base_lr)
     scheduler = build_scheduler(optimizer, config.lr_schedule, base_lr, steps,
                                 steps * config.training.n_epochs)
-    _log_hyperparameters(log, config, task, base_lr, steps, num_parameters)
+    _log_hyperparameters(log, spec.mllog_name, config, task, base_lr, steps, num_parameters)
     log.end(constants.INIT_STOP)
 
     checkpointer, stop = None, StopRequest()
@@ -270,8 +267,8 @@ def _limit_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task, base_lr: float,
-                         steps: int, num_parameters: int) -> None:
+def _log_hyperparameters(log: mllog.MLLogger, benchmark: str, config: Config, task: Task,
+                         base_lr: float, steps: int, num_parameters: int) -> None:
     """The MLPerf hyperparameter keys, once each; the task's own values and spellings win
     (e.g. DeepCAM's rules want ``opt_name`` "AdamW" where ResNet's want "sgd")."""
     constants = mllog.constants
@@ -292,6 +289,8 @@ def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task, base_l
     keys.update(task.hyperparameters)
     for key, value in keys.items():
         log.event(key, value)
+    log.division(*mllog.submission_division(
+        benchmark, config.training.target, getattr(config.model, "init_checkpoint", ""), keys))
     log.event(mllog.NUM_PARAMETERS, num_parameters)
     log.event(mllog.TARGET, config.training.target, metadata={
         "lower_is_better": not task.metric.higher_is_better, "metric": task.metric.name,

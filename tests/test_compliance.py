@@ -127,6 +127,9 @@ def test_division_is_closed_only_where_the_checkable_rules_hold():
     assert division == "open" and reason == "train_samples=20 (v['value'] == 594595)"
     assert submission_division("deepcam", 0.82, "", {"opt_eps": 1e-6})[0] == "closed"
     assert submission_division("deepcam", 0.82, "", {"opt_eps": 1e-8})[0] == "open"
+    division, reason = submission_division(  # closed_deepcam.yaml enqueues the LAMB rules
+        "deepcam", 0.82, "", {"opt_name": "LAMB", "opt_max_grad_norm": 0.0})
+    assert division == "open" and reason == "opt_max_grad_norm=0.0 (v['value'] == 1.)"
     assert submission_division("cosmoflow", 0.124, "", {}, ["batch 4 has no RCP"]) == (
         "open", "batch 4 has no RCP")
     assert submission_division("gptj", 2.69)[0] == "open"

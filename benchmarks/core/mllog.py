@@ -78,26 +78,37 @@ CLOSED_RULES = {
 
 
 def closed_rule_violations(benchmark: str, logged: Mapping[str, Any]) -> list[str]:
-    """The checks of the installed checker's ``closed_<benchmark>.yaml`` that the values
-    logged at init fail, as ``"key=value (rule)"``. Checks of keys not in ``logged`` (those
-    of the run's results) and checks that need the checker's state are left to the checker."""
+    """The checks of the installed checker's ``closed_<benchmark>.yaml``, and of the rule
+    files it enqueues for the logged values (e.g. DeepCAM's LAMB rules), that the values
+    logged at init fail, as ``"key=value (rule)"``. Checks of keys not in ``logged`` (those of
+    the run's results) and checks that need the checker's state are left to the checker."""
     rules = CLOSED_RULES[benchmark]
-    path = (Path(compliance_checker.__file__).parent / f"{rules.usage}_{rules.ruleset}"
-            / f"closed_{benchmark}.yaml")
-    violations = []
-    for entry in yaml.safe_load(path.read_text()) or []:
-        rule = entry.get("KEY") if isinstance(entry, dict) else None
-        if not rule or rule.get("NAME") not in logged or not rule.get("CHECK"):
+    root = Path(compliance_checker.__file__).parent
+    queue, seen, violations = [f"{rules.usage}_{rules.ruleset}/closed_{benchmark}.yaml"], set(), []
+    while queue:
+        name = queue.pop(0)
+        if name in seen or not (root / name).is_file():
             continue
-        name, checks = rule["NAME"], rule["CHECK"]
-        for check in [checks] if isinstance(checks, str) else checks:
-            scope = {"v": {"value": logged[name], "metadata": {}}, "s": {}, "math": math}
-            try:
-                passed = eval(check, scope)  # noqa: S307 - the checker's own rule expressions
-            except Exception:  # noqa: BLE001 - needs the checker's state: not decidable here
+        seen.add(name)
+        for entry in yaml.safe_load((root / name).read_text()) or []:
+            rule = entry.get("KEY") if isinstance(entry, dict) else None
+            if not rule or rule.get("NAME") not in logged:
                 continue
-            if not passed:
-                violations.append(f"{name}={logged[name]!r} ({check.strip()})")
+            key, checks = rule["NAME"], rule.get("CHECK") or []
+            scope = {"v": {"value": logged[key], "metadata": {}}, "s": {}, "math": math,
+                     "enqueue_config": queue.append}
+            for check in [checks] if isinstance(checks, str) else checks:
+                try:
+                    passed = eval(check, scope)  # noqa: S307 - the checker's own expressions
+                except Exception:  # noqa: BLE001 - needs the checker's state: undecidable here
+                    continue
+                if not passed:
+                    violations.append(f"{key}={logged[key]!r} ({check.strip()})")
+            if rule.get("POST"):
+                try:
+                    exec(rule["POST"].strip(), scope)  # noqa: S102 - enqueues further rules
+                except Exception:  # noqa: BLE001, S110 - needs the checker's state
+                    pass
     return violations
 
 

@@ -198,8 +198,8 @@ def test_openfold_weights_file_initialises_the_training_model(tmp_path):
     load_initial_weights(model, str(tmp_path / "openfold.pt"))
     for name, tensor in source.state_dict().items():
         assert torch.equal(model.model.state_dict()[name], tensor), name
-    with pytest.raises(InputError, match="missing.pt: OpenFold weights file not found"):
+    with pytest.raises(InputError, match="missing.pt: initial checkpoint not found"):
         read_openfold_state_dict(tmp_path / "missing.pt")
     torch.save({"evoformer.linear.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
-    with pytest.raises(InputError, match=r"wrong.pt \(model.openfold_weights\): does not fit"):
+    with pytest.raises(InputError, match=r"wrong.pt \(model.init_checkpoint\): does not fit"):
         load_initial_weights(model, str(tmp_path / "wrong.pt"))

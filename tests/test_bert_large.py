@@ -26,7 +26,6 @@ from benchmarks.bert_large.model import (
     BertMaskedLM,
     BertModelConfig,
     MaskedLMAccuracy,
-    load_init_checkpoint,
     masked_lm_loss,
     pretraining_loss,
 )
@@ -271,26 +270,6 @@ def test_masked_lm_accuracy_counts_real_positions():
     logits[0, 5] = logits[1, 1] = logits[2, 2] = 1.0
     metric.update(logits, (targets, torch.zeros(2, dtype=torch.int64)))
     assert metric.compute(torch.device("cpu")) == pytest.approx(2 / 3)
-
-
-def test_init_checkpoint_round_trip_and_errors(tmp_path):
-    source, target = BertMaskedLM(TINY), BertMaskedLM(TINY)
-    state = dict(source.mlm.state_dict())
-    state["bert.pooler.dense.weight"] = torch.zeros(2, 2)
-    torch.save({"model": state}, tmp_path / "ckpt.pt")
-    load_init_checkpoint(target, tmp_path / "ckpt.pt")
-    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(),
-                            strict=True):
-        assert torch.equal(a, b), name
-    with pytest.raises(InputError, match="nothere.pt"):
-        load_init_checkpoint(target, tmp_path / "nothere.pt")
-    (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(InputError, match="junk.pt"):
-        load_init_checkpoint(target, tmp_path / "junk.pt")
-    torch.save({"bert.embeddings.word_embeddings.weight": torch.zeros(3, 3)},
-               tmp_path / "partial.pt")
-    with pytest.raises(InputError, match="partial.pt"):
-        load_init_checkpoint(target, tmp_path / "partial.pt")
 
 
 @pytest.fixture(scope="module")

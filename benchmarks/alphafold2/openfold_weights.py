@@ -14,9 +14,11 @@ after the prefix is kept. ``{field}`` in a prefix matches one of the alternative
 direction, so specific rules come before general ones.
 
 The rules cover OpenFold's original ("v1") names, which its released parameter files use.
-Later OpenFold versions rename some modules (their ``convert_deprecated_v1_keys``), and the
-MLPerf HPC reference (``mlcommons/hpc/openfold``, package ``openfold`` 1.0.0) is a separate
-rewrite; checkpoints of either have not been checked against these rules.
+The MLPerf HPC reference (mlcommons/hpc ``openfold/openfold/model``, package ``openfold``
+1.0.0), whose ``mlperf_hpc_openfold_resumable_checkpoint.pt`` the benchmark starts from, is a
+rewrite with the same layers under the v1 names but five: :data:`MLPERF_RULES` renames those
+to v1 names first. Later OpenFold versions rename other modules (their
+``convert_deprecated_v1_keys``); their checkpoints have not been checked.
 """
 
 from __future__ import annotations
@@ -96,27 +98,60 @@ def _compile(prefix: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-_COMPILED = tuple((_compile(openfold), openfold, _compile(ours), ours)
-                  for openfold, ours in RULES)
+#: (MLPerf reference prefix, OpenFold v1 prefix): the modules the reference's ``AlphaFold``
+#: names differently (``model/alphafold.py``, ``evoformer_block.py``, ``msa_column_attention.py``,
+#: ``single_transition.py``, ``auxiliary_heads.py`` in mlcommons/hpc ``openfold/openfold``); the
+#: last rule keeps every other name.
+MLPERF_RULES: tuple[tuple[str, str], ...] = (
+    # MSAColumnAttention holds its layer norm and attention itself (v1 wraps them: _msa_att).
+    ("evoformer_stack.blocks.{i}.msa_att_col.", "evoformer.blocks.{i}.msa_att_col._msa_att."),
+    ("evoformer_stack.", "evoformer."),
+    ("template_pointwise_attention.", "template_pointwise_att."),
+    # SingleTransition is one transition layer without the v1 ``layers`` list.
+    ("structure_module.transition.linear_", "structure_module.transition.layers.0.linear_"),
+    ("auxiliary_heads.", "aux_heads."),
+    ("", ""),
+)
+#: Top-level modules only the MLPerf reference names so: how its state dicts are recognised.
+MLPERF_ONLY_PREFIXES = ("evoformer_stack.", "auxiliary_heads.", "template_pointwise_attention.")
 
 
-def _rename(name: str, to_ours: bool) -> str | None:
-    for openfold_re, openfold, ours_re, ours in _COMPILED:
-        pattern, target = (openfold_re, ours) if to_ours else (ours_re, openfold)
+def _compile_rules(rules: tuple[tuple[str, str], ...]) -> tuple:
+    return tuple((_compile(source), source, _compile(target), target)
+                 for source, target in rules)
+
+
+_COMPILED = _compile_rules(RULES)
+_MLPERF_COMPILED = _compile_rules(MLPERF_RULES)
+
+
+def _rename(name: str, compiled: tuple, forward: bool) -> str | None:
+    for source_re, source, target_re, target in compiled:
+        pattern, replacement = (source_re, target) if forward else (target_re, source)
         match = pattern.match(name)
         if match:
-            return target.format(**match.groupdict()) + name[match.end():]
+            return replacement.format(**match.groupdict()) + name[match.end():]
     return None
 
 
 def openfold_to_ours_name(name: str) -> str | None:
     """Our parameter name for an OpenFold one; None when no rule applies."""
-    return _rename(name, to_ours=True)
+    return _rename(name, _COMPILED, forward=True)
 
 
 def ours_to_openfold_name(name: str) -> str | None:
     """The OpenFold parameter name for one of ours (the inverse mapping, for tests/exports)."""
-    return _rename(name, to_ours=False)
+    return _rename(name, _COMPILED, forward=False)
+
+
+def mlperf_to_openfold_name(name: str) -> str:
+    """The OpenFold v1 name of an MLPerf reference parameter name."""
+    return _rename(name, _MLPERF_COMPILED, forward=True)
+
+
+def is_mlperf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict uses the MLPerf reference's module names."""
+    return any(name.startswith(MLPERF_ONLY_PREFIXES) for name in state_dict)
 
 
 def _listing(title: str, names: list[str], limit: int = 20) -> str:
@@ -127,7 +162,8 @@ def _listing(title: str, names: list[str], limit: int = 20) -> str:
 
 def convert_openfold_state_dict(state_dict: Mapping[str, torch.Tensor],
                                 model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename an OpenFold ``AlphaFold`` state dict for ``model`` (our AlphaFold).
+    """Rename an OpenFold (v1 names) or MLPerf reference ``AlphaFold`` state dict for
+    ``model`` (our AlphaFold).
 
     Checks the result against ``model``'s own state dict, which may live on the meta device,
     and raises :class:`WeightConversionError` listing every OpenFold name without a rule,
@@ -136,22 +172,24 @@ def convert_openfold_state_dict(state_dict: Mapping[str, torch.Tensor],
     """
     expected = model.state_dict()
     converted: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # our name -> the checkpoint's
     unmapped, duplicated = [], []
+    mlperf = is_mlperf_state_dict(state_dict)
     for name, tensor in state_dict.items():
-        ours = openfold_to_ours_name(name)
+        ours = openfold_to_ours_name(mlperf_to_openfold_name(name) if mlperf else name)
         if ours is None:
             unmapped.append(name)
         elif ours in converted:
             duplicated.append(f"{name} -> {ours}")
         else:
-            converted[ours] = tensor
+            converted[ours], source[ours] = tensor, name
     problems = [
         ("OpenFold names without a renaming rule", unmapped),
         ("names produced twice", duplicated),
         ("parameters of our model without an OpenFold value",
          [name for name in expected if name not in converted]),
         ("converted names our model does not have",
-         [name for name in converted if name not in expected]),
+         [f"{source[name]} (as {name})" for name in converted if name not in expected]),
         ("shape mismatches (ours vs OpenFold)",
          [f"{name}: {tuple(expected[name].shape)} vs {tuple(tensor.shape)}"
           for name, tensor in converted.items()
@@ -168,21 +206,32 @@ def convert_openfold_state_dict(state_dict: Mapping[str, torch.Tensor],
     return converted
 
 
+#: Where training checkpoints keep the model weights: the MLPerf reference's resumable
+#: checkpoint (``checkpoint_utils.save_checkpoint``) and OpenFold's EMA weights.
+MLPERF_STATE_KEY = "alphafold_state_dict"
+
+
 def read_openfold_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
-    """The weights in an OpenFold parameter file, or the EMA weights of an OpenFold training
-    checkpoint (``["ema"]["params"]``); an InputError naming the file otherwise."""
+    """The weights in an OpenFold parameter file, the EMA weights of an OpenFold training
+    checkpoint (``["ema"]["params"]``), or the model weights of an MLPerf reference resumable
+    checkpoint (``["alphafold_state_dict"]``, e.g. ``mlperf_hpc_openfold_resumable_checkpoint
+    .pt``); an InputError naming the file otherwise."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise InputError(f"{path}: OpenFold weights file not found") from None
+        raise InputError(f"{path}: initial checkpoint not found") from None
     except Exception as error:  # noqa: BLE001 - torch.load raises many kinds; name the file
         raise InputError(f"{path}: not a PyTorch weights file ({one_line(error)})") from None
-    if isinstance(saved, Mapping) and isinstance(saved.get("ema"), Mapping):
+    if isinstance(saved, Mapping) and isinstance(saved.get(MLPERF_STATE_KEY), Mapping):
+        saved = saved[MLPERF_STATE_KEY]
+    elif isinstance(saved, Mapping) and isinstance(saved.get("ema"), Mapping):
         saved = saved["ema"].get("params")
-    if not isinstance(saved, Mapping) or not saved or \
-            not all(isinstance(value, torch.Tensor) for value in saved.values()):
+    if not isinstance(saved, Mapping) or not saved:
         raise InputError(f"{path}: expected a state dict of tensors (or a training checkpoint "
-                         "with ['ema']['params'])")
+                         f"with ['{MLPERF_STATE_KEY}'] or ['ema']['params'])")
+    for name, value in saved.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"{path}: entry '{name}' is not a tensor")
     return saved
 
 
@@ -191,7 +240,8 @@ def load_openfold_weights(model: nn.Module, state_dict: Mapping[str, torch.Tenso
 
     ``state_dict`` is an OpenFold (v1 naming, as PyPI 0.0.1) model state dict: OpenFold's
     ``AlphaFold.state_dict()`` or a released OpenFold ``.pt`` parameter file; OpenFold training
-    checkpoints keep it under ``["ema"]["params"]``. ``model`` must be configured alike
+    checkpoints keep it under ``["ema"]["params"]``. Or the MLPerf reference's model state
+    dict (see :data:`MLPERF_RULES`). ``model`` must be configured alike
     (e.g. ``heads.tm_enabled`` for pTM weights, templates off for "no_templ" weights).
     """
     model.load_state_dict(convert_openfold_state_dict(state_dict, model), strict=True)

@@ -40,6 +40,7 @@ from benchmarks.core.config import Config, ConfigSchema, DataConfig, GlobalConte
 from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.core.loop import Task
+from benchmarks.core.mllog import INIT_CHECKPOINT_SHA256, sha256sum
 from benchmarks.core.runner import BenchmarkSpec, main
 
 
@@ -61,6 +62,12 @@ class AlphaFoldDataConfig(DataConfig):
     # Sample training chains by length and PDB cluster size (needs chains.csv), as AF2 and
     # the MLPerf reference do; false: every chain once per epoch.
     weighted_sampling: bool = True
+    # Validation chains longer than this are dropped where chains.csv gives their length.
+    eval_max_length: int = 700
+    # The CAMEO submission window the validation list was drawn from (MLPerf: 180 targets,
+    # 2021-09-17 to 2021-12-11), logged with the run; "" for other lists.
+    eval_cameo_start: str = "2021-09-17"
+    eval_cameo_end: str = "2021-12-11"
 
 
 def _date(value: str, key: str) -> dt.date | None:
@@ -85,12 +92,56 @@ def build_model(config: Config) -> nn.Module:
     return AlphaFoldForTraining(config.model, seed=config.training.seed)
 
 
-def load_initial_weights(model: AlphaFoldForTraining, path: str) -> None:
-    """``model.openfold_weights``: start from OpenFold's weights instead of a random init."""
+def load_initial_weights(model: AlphaFoldForTraining, path: str | Path) -> None:
+    """``model.init_checkpoint``: start from the MLPerf reference checkpoint or OpenFold's
+    weights instead of a random init."""
     try:
         load_openfold_weights(model.model, read_openfold_state_dict(path))
     except WeightConversionError as error:
-        raise InputError(f"{path} (model.openfold_weights): {error.summary}") from None
+        raise InputError(f"{path} (model.init_checkpoint): {error.summary}") from None
+
+
+def closed_rule_keys(config: Config, model: AlphaFoldForTraining,
+                     checkpoint_sha256: str | None) -> dict[str, object]:
+    """The keys of the MLPerf HPC 3.0.0 closed OpenFold rules that the runner does not log,
+    under the rules' names (``compliance_checker/hpc_3.0.0/closed_openfold.yaml``)."""
+    data, opt, loss, training = config.data, config.opt, config.model.loss, config.training
+    return {
+        "target_avg_lddt_ca_value": training.target,
+        "train_max_pdb_release_date": data.max_release_date,
+        "val_min_cameo_submission_date": data.eval_cameo_start,
+        "val_max_cameo_submission_date": data.eval_cameo_end,
+        "val_max_sequence_length": data.eval_max_length,
+        "val_every_iters": training.steps_per_epoch * training.eval_every,
+        "model_parameters_count": sum(p.numel() for p in model.model.parameters()),
+        INIT_CHECKPOINT_SHA256: checkpoint_sha256,
+        "train_sequence_crop_size": data.crop_size,
+        "num_recycling_iters": data.max_recycles,
+        "max_msa_clusters": data.max_msa_clusters,
+        "max_extra_msa": data.max_extra_msa,
+        "templates_enabled": data.use_templates and config.model.template.enabled,
+        "max_templates": data.max_templates,
+        "fape_loss_weight": loss.fape_weight,
+        "fape_loss_backbone_weight": loss.backbone_fape_weight,
+        "fape_loss_sidechain_weight": loss.sidechain_fape_weight,
+        "supervised_chi_loss_weight": loss.chi_weight,
+        "distogram_loss_weight": loss.distogram_weight,
+        "masked_msa_loss_weight": loss.masked_msa_weight,
+        "plddt_loss_weight": loss.plddt_weight,
+        "opt_name": "Adam" if opt.name == "adam" else opt.name,
+        "opt_adam_beta_1": opt.betas[0],
+        "opt_adam_beta_2": opt.betas[1],
+        "opt_adam_epsilon": opt.eps,
+        "opt_amsgrad": False,  # benchmarks.core.optim builds Adam without AMSGrad
+        "opt_gradient_clipping": opt.clip_grad_norm > 0,
+        "opt_gradient_clip_norm": opt.clip_grad_norm,
+        "swa_enabled": config.model.ema_decay > 0,
+        "swa_decay_rate": config.model.ema_decay,
+        "opt_learning_rate_warmup_init": opt.lr * config.lr_schedule.warmup_start_factor,
+        # Samples come in the sampler's order through DataLoader workers, as the reference's
+        # InitialTrainingDataloaderPT delivers them (its PQ variant reorders by readiness).
+        "initial_training_dataloader_type": "InitialTrainingDataloaderPT",
+    }
 
 
 def build_task(context: GlobalContext) -> Task:
@@ -109,6 +160,9 @@ def build_task(context: GlobalContext) -> Task:
     train_ids, eval_ids = split_chains(data_dir, chain_filter, reader.alignments, records)
     if data.train_subset:
         train_ids = train_ids[:data.train_subset]
+    if records is not None and data.eval_max_length:
+        eval_ids = [chain for chain in eval_ids if chain not in records
+                    or (records[chain].length or 0) <= data.eval_max_length]
     if data.eval_subset:
         eval_ids = eval_ids[:data.eval_subset]
     weights = sampling_weights(train_ids, records) if data.weighted_sampling else None
@@ -118,8 +172,12 @@ def build_task(context: GlobalContext) -> Task:
     common = {"env": env, "device": device, "num_workers": data.num_workers,
               "prefetch_factor": data.prefetch_factor, "seed": seed}
     model = build_model(config)
-    if config.model.openfold_weights:
-        load_initial_weights(model, config.model.openfold_weights)
+    checkpoint_sha256 = None
+    if config.model.init_checkpoint:
+        checkpoint = data_dir / config.model.init_checkpoint  # an absolute path stays as it is
+        load_initial_weights(model, checkpoint)
+        if env.is_main:  # only rank 0 logs
+            checkpoint_sha256 = sha256sum([checkpoint])
     return Task(
         model=model,
         train_loader=build_loader(train_set, data.local_batch_size, train=True,
@@ -131,14 +189,8 @@ def build_task(context: GlobalContext) -> Task:
         train_samples=len(train_set),
         eval_samples=len(eval_set),
         after_step=model.update_ema,
-        hyperparameters={
-            "train_crop_size": data.crop_size,
-            "max_msa_clusters": data.max_msa_clusters,
-            "max_extra_msa": data.max_extra_msa,
-            "max_recycling_iters": data.max_recycles,
-            "ema_decay": config.model.ema_decay,
-            "gradient_clip_norm": config.opt.clip_grad_norm,
-        },
+        hyperparameters=closed_rule_keys(config, model, checkpoint_sha256),
+        samples_per_epoch=config.training.steps_per_epoch * data.global_batch_size,
     )
 
 

@@ -28,8 +28,10 @@ class AlphaFoldTrainingConfig(AlphaFoldConfig):
 
     loss: LossConfig = field(default_factory=LossConfig)
     ema_decay: float = 0.999  # AF2; the MLPerf reference uses 0.9. 0 evaluates raw weights.
-    # Start from OpenFold weights (v1 names): a parameter file or a training checkpoint.
-    openfold_weights: str = ""
+    # The weights to start from: the MLPerf reference's resumable checkpoint, or OpenFold
+    # weights (v1 names; a parameter file or a training checkpoint). A relative path is under
+    # data.data_dir; empty: random weights.
+    init_checkpoint: str = ""
 
 
 class AlphaFoldForTraining(nn.Module):

@@ -14,7 +14,6 @@ over all 512 positions would otherwise dominate the cost. Quality is masked-LM a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,21 +21,18 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
 from benchmarks.bert_large.data import IGNORE_LABEL
-from benchmarks.core.errors import InputError
 from benchmarks.core.metrics import RatioMetric
 from benchmarks.core.transformers_models import enable_activation_checkpointing
-
-NOT_IN_MASKED_LM = ("bert.pooler.", "cls.seq_relationship.")
-TIED_TO_OTHER_WEIGHTS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
 @dataclass
 class BertModelConfig:
     """The ``model`` config section; the defaults are BERT-Large (``bert_config.json``).
 
-    ``init_checkpoint`` is an optional PyTorch state dict to start from (MLPerf starts from
-    the converted ``model.ckpt-28252``); without ``next_sentence`` its pooler and
-    next-sentence weights are ignored.
+    ``init_checkpoint`` is the checkpoint to start from (MLPerf: the phase-1 checkpoint
+    ``model.ckpt-28252``, as a TensorFlow checkpoint prefix or NVIDIA's converted ``.pt``);
+    a relative path is under ``data.data_dir``; empty: random weights. See ``checkpoint.py``;
+    without ``next_sentence`` its pooler and next-sentence weights are not used.
     """
 
     vocab_size: int = 30522
@@ -112,34 +108,6 @@ class BertMaskedLM(nn.Module):
     def transformer_blocks(self) -> list[nn.Module]:
         """The encoder layers: the units an FSDP wrap policy shards one by one."""
         return list(self.mlm.bert.encoder.layer)
-
-
-def load_init_checkpoint(model: BertMaskedLM, path: str | Path) -> None:
-    """Load a ``BertForMaskedLM``/``BertForPreTraining`` state dict (optionally under a
-    ``model`` key, as NVIDIA saves it) into ``model``; an InputError names the file."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: initial checkpoint not found") from None
-    except Exception as err:  # torch.load raises many types on a corrupt file
-        raise InputError(f"{path}: not a PyTorch checkpoint ({type(err).__name__})") from None
-    state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: checkpoint is not a state dict")
-    if not model.next_sentence:
-        state = {key: value for key, value in state.items()
-                 if not key.startswith(NOT_IN_MASKED_LM)}
-    try:
-        result = model.mlm.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise InputError(f"{path}: does not fit the configured model "
-                         f"({str(err).splitlines()[-1].strip()})") from None
-    missing = [key for key in result.missing_keys if key not in TIED_TO_OTHER_WEIGHTS]
-    if missing or result.unexpected_keys:
-        wrong = (missing or result.unexpected_keys)[0]
-        raise InputError(f"{path}: not a BERT masked-LM state dict ({len(missing)} missing, "
-                         f"{len(result.unexpected_keys)} unexpected keys, e.g. '{wrong}')")
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

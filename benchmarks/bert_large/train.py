@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.bert_large.checkpoint import checkpoint_files, load_init_checkpoint
 from benchmarks.bert_large.data import (
     BertDataConfig,
     BertEvalSet,
@@ -28,7 +29,6 @@ from benchmarks.bert_large.model import (
     BertMaskedLM,
     BertModelConfig,
     MaskedLMAccuracy,
-    load_init_checkpoint,
     pretraining_loss,
 )
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext
@@ -36,6 +36,7 @@ from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.distributed import all_reduce_sum
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
+from benchmarks.core.mllog import INIT_CHECKPOINT_SHA256, sha256sum
 from benchmarks.core.optim import schedule_steps
 from benchmarks.core.runner import BenchmarkSpec, main
 
@@ -65,8 +66,12 @@ def build_task(context: GlobalContext) -> Task:
     steps = training.steps_per_epoch or math.ceil(
         mlperf_eval_interval(data.global_batch_size) / data.global_batch_size)
     model = build_model(config)
+    hyperparameters = mlperf_lamb_keys(config, train_set.seq_len, steps)
     if config.model.init_checkpoint:
-        load_init_checkpoint(model, config.model.init_checkpoint)
+        checkpoint = root / config.model.init_checkpoint  # an absolute path stays as it is
+        load_init_checkpoint(model.mlm, checkpoint)
+        if env.is_main:  # only rank 0 logs; the file may be gigabytes on a shared file system
+            hyperparameters[INIT_CHECKPOINT_SHA256] = sha256sum(checkpoint_files(checkpoint))
     common = {"env": env, "device": device, "num_workers": data.num_workers,
               "prefetch_factor": data.prefetch_factor, "seed": training.seed}
     return Task(
@@ -77,9 +82,10 @@ def build_task(context: GlobalContext) -> Task:
         metric=MaskedLMAccuracy(),
         train_samples=_global_train_samples(train_set, device),
         eval_samples=eval_set.total,
-        hyperparameters=mlperf_lamb_keys(config, train_set.seq_len, steps),
+        hyperparameters=hyperparameters,
         steps_per_epoch=steps,
         fsdp_units=lambda wrapped: wrapped.transformer_blocks(),
+        samples_per_epoch=steps * data.global_batch_size,
     )
 
 

@@ -55,6 +55,8 @@ class Task:
       after it is moved to the device (e.g. decoding or normalising on the GPU).
     - ``fsdp_units(model)``: the submodules to shard first under ``distributed.strategy:
       fsdp`` (transformer blocks); the root is sharded last.
+    - ``samples_per_epoch``: where set, the evaluation events' ``epoch_num`` counts training
+      samples (epoch x samples_per_epoch), as the BERT and OpenFold rules count them.
     """
 
     model: nn.Module
@@ -69,6 +71,7 @@ class Task:
     after_step: Callable[[], None] | None = None
     device_transform: Callable[[Any], Any] | None = None
     fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
+    samples_per_epoch: int = 0
 
 
 @dataclass
@@ -170,11 +173,12 @@ class Trainer:
                 self.log.end(constants.BLOCK_STOP,
                              metadata={"first_epoch_num": self.block_first_epoch})
                 self.block_first_epoch = epoch + 1
-                self.log.start(constants.EVAL_START, metadata={"epoch_num": epoch})
+                epoch_num = epoch * (self.task.samples_per_epoch or 1)
+                self.log.start(constants.EVAL_START, metadata={"epoch_num": epoch_num})
                 self.last_metric = self.evaluate()
                 self.log.event(self.task.metric.mllog_key, self.last_metric,
-                               metadata={"epoch_num": epoch})
-                self.log.end(constants.EVAL_STOP, metadata={"epoch_num": epoch})
+                               metadata={"epoch_num": epoch_num})
+                self.log.end(constants.EVAL_STOP, metadata={"epoch_num": epoch_num})
                 reached = self.task.metric.reached(self.last_metric, training.target)
                 self._progress(f"epoch {epoch}: {self.task.metric.name} "
                                f"{self.last_metric:.4f} (target {training.target})")

@@ -13,10 +13,17 @@ constants plus the project's own, namespaced ``mlbench_`` (names in
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
+from mlperf_logging import compliance_checker
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog import mllog as mllog_impl
 
@@ -31,14 +38,116 @@ from benchmarks.core.constants import (  # noqa: F401 - re-exported for the loop
     TARGET,
     THROUGHPUT,
 )
-from benchmarks.core.errors import ConfigError
+from benchmarks.core.errors import ConfigError, InputError
 
 NUMBER_OF_NODES = "number_of_nodes"
 ACCELERATORS_PER_NODE = "accelerators_per_node"
+#: SHA-256 of the starting checkpoint's weight files (a key of the MLPerf HPC OpenFold rules).
+INIT_CHECKPOINT_SHA256 = "init_checkpoint_sha256sum"
 
 SUBMISSION_ORG = "mlbench-reframe"
-SUBMISSION_DIVISION = "open"
 SUBMISSION_STATUS = "research"
+CLOSED, OPEN = "closed", "open"
+
+
+@dataclass(frozen=True)
+class ClosedRules:
+    """What the closed division of a benchmark's MLPerf rules fixes that a config sets.
+
+    ``usage`` and ``ruleset`` name the mlperf-logging compliance-checker rules the log is
+    written for (``python -m mlperf_logging.compliance_checker --usage U --ruleset R``).
+    """
+
+    usage: str
+    ruleset: str
+    target: float
+    needs_init_checkpoint: bool = False
+
+
+#: By ``submission_benchmark``: the latest ruleset in mlperf-logging with closed rules for the
+#: benchmark (ResNet has none after training 4.0.0), with the quality target of its
+#: ``closed_<benchmark>.yaml`` and whether the reference starts from a checkpoint. GPT-J has
+#: no MLPerf rules: its runs are always open.
+CLOSED_RULES = {
+    "resnet": ClosedRules("training", "4.0.0", 0.759),
+    "bert": ClosedRules("training", "5.0.0", 0.720, needs_init_checkpoint=True),
+    "cosmoflow": ClosedRules("hpc", "3.0.0", 0.124),
+    "deepcam": ClosedRules("hpc", "3.0.0", 0.82),
+    "openfold": ClosedRules("hpc", "3.0.0", 0.8, needs_init_checkpoint=True),
+}
+
+
+def closed_rule_violations(benchmark: str, logged: Mapping[str, Any]) -> list[str]:
+    """The checks of the installed checker's ``closed_<benchmark>.yaml``, and of the rule
+    files it enqueues for the logged values (e.g. DeepCAM's LAMB rules), that the values
+    logged at init fail, as ``"key=value (rule)"``. Checks of keys not in ``logged`` (those of
+    the run's results) and checks that need the checker's state are left to the checker."""
+    rules = CLOSED_RULES[benchmark]
+    root = Path(compliance_checker.__file__).parent
+    queue, seen, violations = [f"{rules.usage}_{rules.ruleset}/closed_{benchmark}.yaml"], set(), []
+    while queue:
+        name = queue.pop(0)
+        if name in seen or not (root / name).is_file():
+            continue
+        seen.add(name)
+        for entry in yaml.safe_load((root / name).read_text()) or []:
+            rule = entry.get("KEY") if isinstance(entry, dict) else None
+            if not rule or rule.get("NAME") not in logged:
+                continue
+            key, checks = rule["NAME"], rule.get("CHECK") or []
+            scope = {"v": {"value": logged[key], "metadata": {}}, "s": {}, "math": math,
+                     "enqueue_config": queue.append}
+            for check in [checks] if isinstance(checks, str) else checks:
+                try:
+                    passed = eval(check, scope)  # noqa: S307 - the checker's own expressions
+                except Exception:  # noqa: BLE001 - needs the checker's state: undecidable here
+                    continue
+                if not passed:
+                    violations.append(f"{key}={logged[key]!r} ({check.strip()})")
+            if rule.get("POST"):
+                try:
+                    exec(rule["POST"].strip(), scope)  # noqa: S102 - enqueues further rules
+                except Exception:  # noqa: BLE001, S110 - needs the checker's state
+                    pass
+    return violations
+
+
+def submission_division(benchmark: str, target: float | None, init_checkpoint: str = "",
+                        logged: Mapping[str, Any] | None = None,
+                        recipe_reasons: Sequence[str] = ()) -> tuple[str, str]:
+    """``("closed", "")`` when the run can be a closed-division run, else ``("open", why)``.
+
+    Checked here: the benchmark has closed rules, the configured target is the rules' target,
+    the start checkpoint is configured where the reference starts from one, and the keys
+    logged at init (``logged``) pass the closed rules' checks. Whether the recipe (batch size,
+    hyperparameters) matches a reference convergence point is for the caller to check: its
+    findings come in as ``recipe_reasons``.
+    """
+    rules = CLOSED_RULES.get(benchmark)
+    if rules is None:
+        return OPEN, f"no MLPerf closed-division rules for '{benchmark}'"
+    reasons = []
+    if target is None or not math.isclose(target, rules.target, rel_tol=1e-9):
+        reasons.append(f"target {target} is not the rules' {rules.target}")
+    if rules.needs_init_checkpoint and not init_checkpoint:
+        reasons.append("no model.init_checkpoint (the rules start from the reference checkpoint)")
+    reasons.extend(closed_rule_violations(benchmark, logged or {}))
+    reasons.extend(recipe_reasons)
+    return (OPEN, "; ".join(reasons)) if reasons else (CLOSED, "")
+
+
+def sha256sum(files: Sequence[Path]) -> str:
+    """The ``init_checkpoint_sha256sum`` value: SHA-256 of the files' bytes, concatenated in
+    order (``sha256sum`` of a single file)."""
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+        except OSError as err:
+            raise InputError(f"{path}: cannot read checkpoint ({err.strerror})") from None
+    return digest.hexdigest()
 
 
 class MLLogger:
@@ -79,14 +188,19 @@ class MLLogger:
 
     def submission(self, benchmark: str, platform: str, num_nodes: int,
                    accelerators_per_node: int) -> None:
-        """The submission_* keys and the HPC cluster keys the checker requires."""
+        """The submission_* keys but the division (logged once the run's keys are known, see
+        :meth:`division`) and the HPC cluster keys the checker requires."""
         self.event(constants.SUBMISSION_BENCHMARK, benchmark)
         self.event(constants.SUBMISSION_ORG, SUBMISSION_ORG)
-        self.event(constants.SUBMISSION_DIVISION, SUBMISSION_DIVISION)
         self.event(constants.SUBMISSION_STATUS, SUBMISSION_STATUS)
         self.event(constants.SUBMISSION_PLATFORM, platform)
         self.event(NUMBER_OF_NODES, num_nodes)
         self.event(ACCELERATORS_PER_NODE, accelerators_per_node)
+
+    def division(self, division: str, reason: str) -> None:
+        """``submission_division`` (see :func:`submission_division`), with its reason."""
+        self.event(constants.SUBMISSION_DIVISION, division,
+                   metadata={"reason": reason} if reason else None)
 
     def close(self) -> None:
         if self._logger:
@@ -96,5 +210,7 @@ class MLLogger:
                     handler.close()
 
 
-__all__ = ["MLLogger", "constants", "THROUGHPUT", "TARGET", "PEAK_MEMORY", "NUM_PARAMETERS",
-           "RESUMED", "ENVIRONMENT", "ENERGY", "STAGING_START", "STAGING_STOP"]
+__all__ = ["MLLogger", "constants", "CLOSED_RULES", "INIT_CHECKPOINT_SHA256",
+           "submission_division", "closed_rule_violations", "sha256sum", "THROUGHPUT",
+           "TARGET", "PEAK_MEMORY", "NUM_PARAMETERS", "RESUMED", "ENVIRONMENT", "ENERGY",
+           "STAGING_START", "STAGING_STOP"]

@@ -33,6 +33,7 @@ from benchmarks.core.data import batch_size_of, to_device
 from benchmarks.core.distributed import DistEnv, all_reduce_sum
 from benchmarks.core.errors import ConfigError, NonFiniteLossError, PreemptedError
 from benchmarks.core.metrics import SumMetric
+from benchmarks.core.staging import StagingPlan
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Task:
     and ``metric.update(outputs, targets)`` accumulates the quality metric.
     ``train_samples`` / ``eval_samples`` are global dataset sizes for the MLPerf log;
     ``hyperparameters`` are extra MLPerf keys the benchmark logs at init.
+    ``device_transform(batch)`` turns every batch, once on the device, into ``(inputs,
+    targets)`` (per-sample arithmetic batched on the accelerator); ``staging`` copies the
+    dataset to ``data.stage_dir`` after ``run_start``.
     """
 
     model: nn.Module
@@ -55,6 +59,8 @@ class Task:
     eval_samples: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
+    device_transform: Callable[[Any], Any] | None = None
+    staging: StagingPlan | None = None
 
 
 @dataclass
@@ -162,7 +168,7 @@ class Trainer:
         window: list[torch.Tensor] = []  # this window's micro-batch losses, on the device
         counts: list[int] = []  # and their sample counts
         for batch, position, group_size in self.batches.epoch(self.step * self.accumulation):
-            inputs, targets = to_device(batch, self.device, self.training.channels_last)
+            inputs, targets = self._on_device(batch)
             is_boundary = position == group_size - 1
             no_sync = getattr(self.model, "no_sync", None)
             with contextlib.nullcontext() if is_boundary or no_sync is None else no_sync():
@@ -236,7 +242,7 @@ class Trainer:
         metric.reset()
         batches, inputs = 0, None
         for batch in self.task.eval_loader:
-            inputs, targets = to_device(batch, self.device, self.training.channels_last)
+            inputs, targets = self._on_device(batch)
             metric.update(self._forward(inputs), targets)
             batches += 1
         if self.env.is_distributed and hasattr(self.task.eval_loader, "__len__"):
@@ -245,6 +251,13 @@ class Trainer:
             for _ in range(int(most.item()) - batches):
                 self._forward(inputs)
         return metric.compute(self.device)
+
+    def _on_device(self, batch: Any) -> Any:
+        """The batch on the device, through the task's device transform when it has one."""
+        if self.task.device_transform is None:
+            return to_device(batch, self.device, self.training.channels_last)
+        batch = self.task.device_transform(to_device(batch, self.device))
+        return to_device(batch, self.device, self.training.channels_last)
 
     def _forward(self, inputs: Any) -> Any:
         with self._autocast():

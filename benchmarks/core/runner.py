@@ -178,6 +178,8 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
 
     distributed.barrier()
     log.start(constants.RUN_START)
+    if task.staging is not None:
+        task.staging.run(log)
     result = trainer.run()
     distributed.barrier()
     succeeded = result.reached_target or config.training.target is None

@@ -122,16 +122,23 @@ class DeepCAMTransform:
     def __init__(self, minval: np.ndarray, maxval: np.ndarray, channels_last: bool = False) -> None:
         self.shift = torch.from_numpy(minval.astype(np.float32))
         self.scale = torch.from_numpy((1.0 / (maxval - minval)).astype(np.float32))
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
 
     def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor,
                                                                          torch.Tensor]:
         data, labels = batch
         if self.shift.device != data.device:
             self.shift, self.scale = self.shift.to(data.device), self.scale.to(data.device)
-        # Normalised along the contiguous channel axis; the transposed view is channels-last.
-        image = torch.sub(data, self.shift).mul_(self.scale).permute(0, 3, 1, 2)
-        return image.contiguous(memory_format=self.memory_format), labels.long()
+        if self.channels_last:
+            # Normalised along the contiguous channel axis: the transposed view is channels-last.
+            image = torch.sub(data, self.shift).mul_(self.scale).permute(0, 3, 1, 2)
+        else:
+            # The subtraction writes the channels-first copy: one pass over the batch less.
+            image = torch.empty(data.shape[0], data.shape[3], *data.shape[1:3],
+                                dtype=torch.float32, device=data.device)
+            torch.sub(data.permute(0, 3, 1, 2), self.shift[:, None, None], out=image)
+            image.mul_(self.scale[:, None, None])
+        return image, labels.long()
 
 
 def block_mean(data: np.ndarray, factor: int) -> np.ndarray:

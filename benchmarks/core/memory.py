@@ -55,7 +55,8 @@ def _measure_in_child(name: str, device_name: str, batch_size: int) -> dict[str,
         context.dist, context.device = DistEnv(), device
         seed_everything(0)
         task = spec.build_task(context)
-        inputs, targets = to_device(next(iter(task.train_loader)), device)
+        batch = to_device(next(iter(task.train_loader)), device)
+        inputs, targets = task.device_transform(batch) if task.device_transform else batch
         model = task.model.to(device).train()
         optimizer = build_optimizer(model, config.opt, config.opt.lr)
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,

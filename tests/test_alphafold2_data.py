@@ -27,6 +27,8 @@ from benchmarks.alphafold2.data.parsers import parse_a3m, parse_hhr
 from benchmarks.alphafold2.data.synth import sequence_structure, synthesize
 from benchmarks.alphafold2.data.transforms import (
     FeatureConfig,
+    _pad_to,
+    _stack_padded,
     iteration_features,
     make_example,
     sample_msa,
@@ -339,3 +341,9 @@ def test_repeated_draws_of_a_chain_get_different_samples(dataset_dir):
                              train=True, seed=0)
     first, again, second = (dataset[key][0]["msa_feat"] for key in ((0, 3), (0, 3), (0, 4)))
     assert torch.equal(first, again) and not torch.equal(first, second)
+
+
+def test_recycled_features_are_padded_and_stacked_in_one_write():
+    samples = [torch.randn(rows, 5, 3) for rows in (4, 2, 3)]
+    expected = torch.stack([_pad_to(_pad_to(sample, 1, 7), 0, 6) for sample in samples])
+    assert torch.equal(_stack_padded(samples, rows=6, size=7), expected)

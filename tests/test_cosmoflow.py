@@ -20,8 +20,10 @@ from benchmarks.cosmoflow.data import (
     SAMPLE_SHAPE,
     CosmoFlowDataConfig,
     CosmoFlowDataset,
+    CosmoFlowTransform,
     PoissonTables,
     build_datasets,
+    build_transform,
     input_edge,
     read_hdf5_sample,
     read_tfrecord_sample,
@@ -176,28 +178,59 @@ def test_both_layouts_hold_the_same_sample(one_sample):
     for path, reader in ((stem.with_suffix(".tfrecord"), read_tfrecord_sample),
                          (stem.with_suffix(".h5"), read_hdf5_sample)):
         read_counts, read_target = reader(path)
-        assert read_counts.dtype == np.int16 and read_counts.shape == SAMPLE_SHAPE
-        np.testing.assert_array_equal(read_counts, counts)
+        assert read_counts.dtype == torch.int16 and read_counts.shape == SAMPLE_SHAPE
+        np.testing.assert_array_equal(read_counts.numpy(), counts)
         np.testing.assert_array_equal(read_target, target)
     with h5py.File(stem.with_suffix(".h5")) as handle:
         assert handle["x"].dtype == np.int16 and handle["y"].dtype == np.float32
 
 
+def per_sample_preprocessing(counts: np.ndarray, apply_log: bool, crop: int,
+                             downsample: int) -> torch.Tensor:
+    """The per-sample numpy pipeline the loader's workers ran before the device transform."""
+    volume = counts[:crop, :crop, :crop].astype(np.float32)
+    if apply_log:
+        np.log1p(volume, out=volume)
+    else:
+        volume /= max(float(volume.mean()), np.finfo(np.float32).tiny)
+    tensor = torch.from_numpy(np.ascontiguousarray(volume.transpose(3, 0, 1, 2)))
+    return torch.nn.functional.avg_pool3d(tensor, downsample) if downsample > 1 else tensor
+
+
 @pytest.mark.parametrize("fmt, suffix", [("tfrecord", ".tfrecord"), ("hdf5", ".h5")])
-def test_preprocessing_is_log_channels_first_crop_and_downsample(one_sample, fmt, suffix):
+@pytest.mark.parametrize("apply_log, crop, downsample", [(True, 0, 1), (True, 32, 2),
+                                                         (False, 0, 1), (False, 64, 4)])
+def test_device_transform_gives_the_per_sample_tensors(one_sample, tmp_path, fmt, suffix,
+                                                       apply_log, crop, downsample):
+    # A batch of two different samples through loader and device transform equals, to float32
+    # rounding, the per-sample preprocessing the workers used to do.
     stem, counts, target = one_sample
-    files = [stem.with_suffix(suffix)]
-    volume, y = CosmoFlowDataset(files, fmt)[0]
-    assert volume.shape == (4, 128, 128, 128) and volume.dtype == torch.float32
-    expected = np.log1p(counts.astype(np.float32)).transpose(3, 0, 1, 2)
-    np.testing.assert_allclose(volume.numpy(), expected, rtol=1e-6)
-    assert torch.equal(y, torch.from_numpy(target))
-    cropped, _ = CosmoFlowDataset(files, fmt, crop_size=32, downsample=2)[0]
-    block = expected[0, :2, :2, :2].mean()
-    assert cropped.shape == (4, 16, 16, 16)
-    assert cropped[0, 0, 0, 0].item() == pytest.approx(block, rel=1e-5)
-    plain, _ = CosmoFlowDataset(files, fmt, apply_log=False)[0]
-    assert plain.mean().item() == pytest.approx(1.0, rel=1e-4)
+    other = np.ascontiguousarray(counts[::-1])
+    write_sample(tmp_path / "flipped", other, target[::-1].copy())
+    files = [stem.with_suffix(suffix), (tmp_path / "flipped").with_suffix(suffix)]
+    dataset = CosmoFlowDataset(files, fmt, crop_size=crop)
+    loader = build_loader(dataset, 2, train=False, env=DistEnv(), device=torch.device("cpu"),
+                          num_workers=0)
+    transform = CosmoFlowTransform(apply_log, downsample)
+    (volumes, targets), = [transform(batch) for batch in loader]
+    edge = (crop or 128) // downsample
+    assert volumes.shape == (2, 4, edge, edge, edge) and volumes.dtype == torch.float32
+    assert volumes.is_contiguous()
+    for index, sample in enumerate((counts, other)):
+        expected = per_sample_preprocessing(sample, apply_log, crop or 128, downsample)
+        torch.testing.assert_close(volumes[index], expected, rtol=2e-6, atol=1e-6)
+    assert torch.equal(targets[0], torch.from_numpy(target))
+    if not apply_log and downsample == 1:
+        assert volumes.mean(dim=(1, 2, 3, 4)).tolist() == pytest.approx([1.0, 1.0], rel=1e-4)
+
+
+def test_training_configs_build_the_transform(one_sample):
+    stem, counts, _ = one_sample
+    smoke = load_config(SPEC.folder / "smoke.yaml", SPEC.schema)
+    transform = build_transform(smoke.data)
+    volume, _ = transform((torch.from_numpy(counts[None, :32, :32, :32]), torch.zeros(1, 4)))
+    assert volume.shape == (1, 4, 32, 32, 32)
+    assert volume.shape[-1] == input_edge(smoke.data)
 
 
 def test_tfrecord_without_target_names_the_file(tmp_path):
@@ -274,9 +307,11 @@ def test_synthetic_targets_are_recoverable_from_the_volume(small_data):
     # Learnable: the mean log-density of channel c rises with target c in every sample.
     dataset = CosmoFlowDataset(split_files(data_config(small_data, format="hdf5"), "train"),
                                "hdf5", crop_size=32)
-    samples = [dataset[i] for i in range(len(dataset))]
-    means = torch.stack([volume.mean(dim=(1, 2, 3)) for volume, _ in samples]).flatten()
-    targets = torch.stack([target for _, target in samples]).flatten()
+    loader = build_loader(dataset, len(dataset), train=False, env=DistEnv(),
+                          device=torch.device("cpu"), num_workers=0)
+    volumes, targets = CosmoFlowTransform()(next(iter(loader)))
+    means = volumes.mean(dim=(2, 3, 4)).flatten()
+    targets = targets.flatten()
     assert torch.corrcoef(torch.stack([means, targets]))[0, 1] > 0.95
 
 

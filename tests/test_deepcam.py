@@ -21,7 +21,9 @@ from benchmarks.deepcam.data import (
     WIDTH,
     DeepCAMDataConfig,
     DeepCAMDataset,
+    block_mean,
     build_datasets,
+    build_transform,
     input_shape,
     read_sample,
     read_stats,
@@ -156,34 +158,76 @@ def test_synthesize_writes_the_real_layout(small_data):
         assert handle["climate/count"][()] == 3
 
 
+def transformed(small_data: Path, files: list[Path], channels_last: bool = False,
+                **crop) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of all ``files`` through the loader and the device transform (on the CPU)."""
+    loader = build_loader(DeepCAMDataset(files, **crop), len(files), train=False, env=DistEnv(),
+                          device=torch.device("cpu"), num_workers=0)
+    config = DeepCAMDataConfig(data_dir=str(small_data))
+    return build_transform(config, channels_last)(next(iter(loader)))
+
+
+def per_sample_preprocessing(data: np.ndarray, labels: np.ndarray, minval: np.ndarray,
+                             maxval: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The per-sample numpy pipeline the loader's workers ran before the device transform."""
+    if factor > 1:
+        data = block_mean(data, factor)
+        labels = labels[factor // 2::factor, factor // 2::factor]
+    shift = minval.astype(np.float32)
+    scale = (1.0 / (maxval - minval)).astype(np.float32)
+    image = np.empty((CHANNELS, *data.shape[:2]), np.float32)
+    np.subtract(data.transpose(2, 0, 1), shift[:, None, None], out=image)
+    image *= scale[:, None, None]
+    return image, labels.astype(np.int64)
+
+
+@pytest.mark.parametrize("crop", [{}, {"crop_height": 192, "crop_width": 320, "downsample": 4},
+                                  {"downsample": 8}])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_device_transform_gives_the_per_sample_tensors(small_data, crop, channels_last):
+    minval, maxval = read_stats(small_data / "stats.h5")
+    files = split_files(DeepCAMDataConfig(data_dir=str(small_data)), "train")[:2]
+    images, labels = transformed(small_data, files, channels_last, **crop)
+    factor = crop.get("downsample", 1)
+    height, width = crop.get("crop_height", HEIGHT), crop.get("crop_width", WIDTH)
+    assert images.shape == (2, CHANNELS, height // factor, width // factor)
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    assert images.is_contiguous(memory_format=memory_format)
+    for index, path in enumerate(files):
+        raw, raw_labels = read_sample(path, (height, width))
+        expected, expected_labels = per_sample_preprocessing(raw, raw_labels, minval, maxval,
+                                                             factor)
+        torch.testing.assert_close(images[index], torch.from_numpy(expected), rtol=0, atol=0)
+        assert torch.equal(labels[index], torch.from_numpy(expected_labels))
+
+
 def test_samples_are_min_max_normalised_and_channels_first(small_data):
     minval, maxval = read_stats(small_data / "stats.h5")
     files = split_files(DeepCAMDataConfig(data_dir=str(small_data)), "train")
-    data, labels = DeepCAMDataset(files, minval, maxval)[1]
-    assert data.shape == (CHANNELS, HEIGHT, WIDTH) and labels.shape == (HEIGHT, WIDTH)
-    assert labels.dtype == torch.int64
+    data, labels = transformed(small_data, files[1:2])
+    assert data.shape == (1, CHANNELS, HEIGHT, WIDTH) and labels.shape == (1, HEIGHT, WIDTH)
     assert data.amin().item() >= 0.0 and data.amax().item() <= 1.0
-    raw, raw_labels = read_sample(files[1])
+    raw, _ = read_sample(files[1])
     expected = (raw[5, 7] - minval) / (maxval - minval)
-    np.testing.assert_allclose(data[:, 5, 7].numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert torch.equal(labels, torch.from_numpy(raw_labels.astype(np.int64)))
+    np.testing.assert_allclose(data[0, :, 5, 7].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_crop_and_downsample(small_data):
-    minval, maxval = read_stats(small_data / "stats.h5")
-    files = split_files(DeepCAMDataConfig(data_dir=str(small_data)), "train")
-    full, full_labels = DeepCAMDataset(files, minval, maxval)[0]
-    small, small_labels = DeepCAMDataset(files, minval, maxval, 192, 320, 4)[0]
-    assert small.shape == (CHANNELS, 48, 80) and small_labels.shape == (48, 80)
-    assert small[3, 2, 5].item() == pytest.approx(full[3, 8:12, 20:24].mean().item(), rel=1e-5)
-    assert small_labels[2, 5] == full_labels[10, 22]
+    files = split_files(DeepCAMDataConfig(data_dir=str(small_data)), "train")[:1]
+    full, full_labels = transformed(small_data, files)
+    small, small_labels = transformed(small_data, files, crop_height=192, crop_width=320,
+                                      downsample=4)
+    assert small.shape == (1, CHANNELS, 48, 80) and small_labels.shape == (1, 48, 80)
+    assert small[0, 3, 2, 5].item() == pytest.approx(full[0, 3, 8:12, 20:24].mean().item(),
+                                                     rel=1e-5)
+    assert small_labels[0, 2, 5] == full_labels[0, 10, 22]
 
 
 def test_sorted_subset_then_shard_by_rank(small_data):
     cfg = DeepCAMDataConfig(data_dir=str(small_data), eval_subset=2)
     files = split_files(cfg, "eval")
-    minval, maxval = read_stats(small_data / "stats.h5")
-    dataset = DeepCAMDataset(files, minval, maxval, downsample=16)
+    dataset = DeepCAMDataset(files, downsample=16)
     shards = [list(build_loader(dataset, 1, train=False, env=DistEnv(rank=rank, world_size=2),
                                 device=torch.device("cpu"), num_workers=0).sampler)
               for rank in range(2)]

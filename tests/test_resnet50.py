@@ -8,9 +8,26 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from torchvision.io import read_file
+from torchvision.transforms import v2
 
+from benchmarks.core.data import build_loader
+from benchmarks.core.distributed import DistEnv
 from benchmarks.core.errors import InputError
-from benchmarks.resnet50.data import ImageFolderRGB, load_rgb
+from benchmarks.resnet50.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageFolderRGB,
+    ImageList,
+    ImageNetDataConfig,
+    JpegBytes,
+    build_datasets,
+    build_transform,
+    collate_fns,
+    crops,
+    device_decodable,
+    load_rgb,
+)
 from benchmarks.resnet50.model import ResNetModelConfig, build_resnet
 from tests.conftest import REPO, compliance_failures, run_mlbench
 
@@ -48,6 +65,62 @@ def test_subset_is_spread_over_classes(resnet_data):
                              transform=lambda image: image, subset=50)
     assert len(dataset) == 50
     assert len({label for _, label in dataset.samples}) == 10
+
+
+def test_only_baseline_gray_or_ycbcr_jpegs_go_to_the_device(tmp_path):
+    image = Image.new("RGB", (16, 12), (200, 10, 10))
+    saved = {"rgb.JPEG": ("RGB", {}), "gray.JPEG": ("L", {}), "cmyk.JPEG": ("CMYK", {}),
+             "progressive.JPEG": ("RGB", {"progressive": True}), "png.JPEG": ("RGB", None)}
+    for name, (mode, options) in saved.items():
+        fmt = "PNG" if options is None else "JPEG"
+        image.convert(mode).save(tmp_path / name, format=fmt, **(options or {}))
+    decodable = {name for name in saved if device_decodable(read_file(str(tmp_path / name)))}
+    assert decodable == {"rgb.JPEG", "gray.JPEG"}
+
+
+def one_batch(resnet_data, train: bool, **keys) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first evaluation (or training) batch of 16 through loader and device transform."""
+    config = ImageNetDataConfig(data_dir=str(resnet_data), image_size=32, resize_size=36,
+                                train_subset=16, eval_subset=16, **keys)
+    datasets = build_datasets(config)
+    collate = collate_fns(config)[0 if train else 1]
+    loader = build_loader(datasets[0 if train else 1], 16, train=False, env=DistEnv(),
+                          device=torch.device("cpu"), num_workers=0, collate_fn=collate)
+    return build_transform(config)(next(iter(loader)))
+
+
+@pytest.mark.parametrize("decode_device", ["cpu", "cuda"])
+def test_device_transform_gives_the_per_sample_tensors(resnet_data, decode_device):
+    # Today's per-sample pipeline (crop, then ToDtype and Normalize in the worker) equals the
+    # batch normalised on the device, whether the JPEGs were decoded in the worker or there.
+    images, labels = one_batch(resnet_data, train=False, decode_device=decode_device)
+    config = ImageNetDataConfig(image_size=32, resize_size=36)
+    per_sample = v2.Compose([crops(config)[1], v2.ToDtype(torch.float32, scale=True),
+                             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    reference = ImageFolderRGB(resnet_data / "val", sorted(os.listdir(resnet_data / "train")),
+                               per_sample, subset=16)
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
+    for index in range(16):
+        expected, label = reference[index]
+        torch.testing.assert_close(images[index], expected, rtol=0, atol=0)
+        assert labels[index] == label
+
+
+def test_device_decoding_crops_training_images_there(resnet_data):
+    torch.manual_seed(0)
+    images, labels = one_batch(resnet_data, train=True, decode_device="cuda")
+    assert images.shape == (16, 3, 32, 32) and labels.shape == (16,)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+
+
+def test_corrupt_jpeg_decoded_on_the_device_names_the_file(tmp_path):
+    good, bad = tmp_path / "good.JPEG", tmp_path / "bad.JPEG"
+    Image.new("RGB", (8, 8)).save(good, format="JPEG")
+    bad.write_bytes(good.read_bytes()[:200] + b"\x00" * 64)
+    batch = ImageList([JpegBytes(read_file(str(path)), path) for path in (good, bad)], False)
+    transform = build_transform(ImageNetDataConfig(image_size=8, resize_size=8))
+    with pytest.raises(InputError, match="bad.JPEG: cannot decode image"):
+        transform((batch, torch.tensor([0, 1])))
 
 
 @pytest.mark.slow

@@ -124,23 +124,25 @@ def list_shards(folder: Path) -> list[Path]:
     return files
 
 
-def read_rows(handle: h5py.File, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows ``start:stop`` of every array, as int64 (int16 and int8 files widen here)."""
-    return {name: handle[name][start:stop].astype(np.int64) for name in LAYOUT}
+def read_rows(handle: h5py.File, start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Rows ``start:stop`` of every array as int64 tensors (int16 and int8 files widen here),
+    plus ``labels``: the masked-LM targets with ``IGNORE_LABEL`` in the padded prediction
+    slots. Done once per block, so a sample is only a few row views (:func:`make_sample`)."""
+    rows = {name: torch.from_numpy(handle[name][start:stop].astype(np.int64)) for name in LAYOUT}
+    positions = rows["masked_lm_positions"]
+    rows["labels"] = rows["masked_lm_ids"].masked_fill(positions == 0, IGNORE_LABEL)
+    return rows
 
 
-def make_sample(rows: dict[str, np.ndarray], i: int) -> Sample:
-    """Model inputs and labels of row ``i``; padded prediction slots get ``IGNORE_LABEL``."""
-    positions = torch.from_numpy(rows["masked_lm_positions"][i])
-    labels = torch.from_numpy(rows["masked_lm_ids"][i])
-    labels = torch.where(positions > 0, labels, torch.full_like(labels, IGNORE_LABEL))
+def make_sample(rows: dict[str, torch.Tensor], i: int) -> Sample:
+    """Model inputs and labels of row ``i`` of a block from :func:`read_rows`."""
     inputs = {
-        "input_ids": torch.from_numpy(rows["input_ids"][i]),
-        "attention_mask": torch.from_numpy(rows["input_mask"][i]),
-        "token_type_ids": torch.from_numpy(rows["segment_ids"][i]),
-        "masked_lm_positions": positions,
+        "input_ids": rows["input_ids"][i],
+        "attention_mask": rows["input_mask"][i],
+        "token_type_ids": rows["segment_ids"][i],
+        "masked_lm_positions": rows["masked_lm_positions"][i],
     }
-    return inputs, (labels, torch.tensor(rows["next_sentence_labels"][i]))
+    return inputs, (rows["labels"][i], rows["next_sentence_labels"][i])
 
 
 def empty_sample(seq_len: int, max_predictions: int) -> Sample:

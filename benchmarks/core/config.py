@@ -44,6 +44,7 @@ class DataConfig:
 
     ``local_batch_size`` 0 means: derive it from ``global_batch_size``, the world size and
     ``gradient_accumulation``. A non-zero value wins and the global batch follows from it.
+    ``stage_dir`` (file-based datasets): copy each rank's share there after ``run_start``.
     """
 
     data_dir: str = ""
@@ -57,6 +58,7 @@ class DataConfig:
     eval_subset: int = 0
     shuffle: bool = True
     drop_last: bool = True
+    stage_dir: str = ""
 
 
 @dataclass

@@ -6,16 +6,19 @@
   then give each rank its own slice, so ranks never read the same sample.
 - :func:`build_loader`: a DataLoader with a ``DistributedSampler`` for map-style datasets
   (or a :class:`WeightedDistributedSampler` when samples have weights), seeded workers, and
-  pinned, persistent workers on GPU.
+  pinned, persistent workers on GPU; or, for a dataset that holds only this rank's share
+  (staged to node-local storage), a sampler over that share.
 - :func:`worker_shard`: the (rank, worker) slot of an iterable dataset inside a worker.
 - :func:`to_device` / :func:`to_channels_last`: move a batch (tensor, dict, list or tuple of
   them) to the device / put its images in channels-last layout.
+- :func:`readonly_tensor`: a tensor over an immutable buffer (inflated bytes) without a copy.
 """
 
 from __future__ import annotations
 
 import random
 import signal
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,18 +124,25 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv
                  device: torch.device, num_workers: int, prefetch_factor: int = 2,
                  shuffle: bool = True, drop_last: bool = True, seed: int = 0,
                  collate_fn: Any = None,
-                 sample_weights: Sequence[float] | None = None) -> StopSignalSafeLoader:
+                 sample_weights: Sequence[float] | None = None,
+                 local_shard: bool = False) -> StopSignalSafeLoader:
     """A DataLoader for one rank.
 
     Map-style training sets get a ``DistributedSampler`` over all ranks, or with
     ``sample_weights`` a :class:`WeightedDistributedSampler`; evaluation sets an
     :class:`EvalShardSampler`, which gives every sample to exactly one rank (no padding with
-    repeated samples, which would bias the metric). Iterable datasets shard themselves (see
+    repeated samples, which would bias the metric). With ``local_shard`` the dataset holds
+    this rank's share only (see :mod:`benchmarks.core.staging`): training shuffles within it,
+    evaluation reads all of it. Iterable datasets shard themselves (see
     :func:`worker_shard`). Workers are seeded from ``seed``, leave SIGTERM and SIGUSR1
     to the main process, and are persistent on GPU.
     """
     sampler: Sampler | None = None
-    if not isinstance(dataset, IterableDataset):
+    if local_shard:
+        sampler = (DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle,
+                                      seed=seed + env.rank, drop_last=drop_last)
+                   if train else EvalShardSampler(len(dataset), 0, 1))
+    elif not isinstance(dataset, IterableDataset):
         if not train:
             sampler = EvalShardSampler(len(dataset), env.rank, env.world_size)
         elif sample_weights is not None:
@@ -261,3 +271,15 @@ def batch_size_of(inputs: Any) -> int:
     if isinstance(inputs, dict):
         return batch_size_of(next(iter(inputs.values())))
     return batch_size_of(inputs[0])
+
+
+def readonly_tensor(buffer: bytes | memoryview, dtype: torch.dtype) -> torch.Tensor:
+    """A 1-D tensor over an immutable buffer, without copying it.
+
+    For sample bytes a reader produced (an inflated TFRecord): nothing writes to the tensor,
+    the loader's collation copies it into the batch, so torch's warning that the buffer is
+    not writable does not apply and a defensive copy would only cost time.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+        return torch.frombuffer(buffer, dtype=dtype)

@@ -33,6 +33,7 @@ from benchmarks.core.distributed import DistEnv, all_reduce_sum
 from benchmarks.core.energy import EnergyMeter
 from benchmarks.core.errors import ConfigError, NonFiniteLossError, PreemptedError
 from benchmarks.core.metrics import SumMetric
+from benchmarks.core.staging import StagingPlan
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Task:
       fsdp`` (transformer blocks); the root is sharded last.
     - ``samples_per_epoch``: where set, the evaluation events' ``epoch_num`` counts training
       samples (epoch x samples_per_epoch), as the BERT and OpenFold rules count them.
+    - ``staging``: copies the dataset to ``data.stage_dir`` after ``run_start`` (MLPerf HPC
+      counts staging in the time to train).
     """
 
     model: nn.Module
@@ -72,6 +75,7 @@ class Task:
     device_transform: Callable[[Any], Any] | None = None
     fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
     samples_per_epoch: int = 0
+    staging: StagingPlan | None = None
 
 
 @dataclass

@@ -167,6 +167,8 @@ def _initialize_and_run(spec: BenchmarkSpec, context: GlobalContext, config: Con
     distributed.barrier()
     log.start(constants.RUN_START)
     energy.start()
+    if task.staging is not None:
+        task.staging.run(log)
     result = trainer.run()
     distributed.barrier()
     energy.stop()

@@ -8,10 +8,13 @@ Layout: ``<data_dir>/train/`` and ``<data_dir>/validation/``, one sample per fil
 - ``data.format: hdf5``: ``*.h5`` / ``*.hdf5`` files with datasets ``x`` (int16
   [128, 128, 128, 4]) and ``y`` (float32 [4]).
 
-Each sample becomes ``log(x + 1)`` (or ``x / mean(x)`` with ``apply_log: false``, as the
-reference), channels first. ``crop_size`` keeps the leading ``crop_size^3`` corner (HDF5 reads
-only that hyperslab) and ``downsample`` averages ``downsample^3`` blocks, so the smoke model
-runs on real-sized files. File lists are sorted, then cut to ``train_subset`` /
+The loader's workers only read (and for TFRecords inflate and check) each sample and deliver
+the int16 counts as stored, channels last: half the bytes of float32 to pin and copy.
+:class:`CosmoFlowTransform` then turns each batch, on the training device, into ``log(x + 1)``
+(or ``x / mean(x)`` per sample with ``apply_log: false``, as the reference), channels first.
+``crop_size`` keeps the leading ``crop_size^3`` corner (HDF5 reads only that hyperslab) and
+``downsample`` averages ``downsample^3`` blocks (on the device, after the log), so the smoke
+model runs on real-sized files. File lists are sorted, then cut to ``train_subset`` /
 ``eval_subset``; the loader's sampler gives each rank its own share.
 """
 
@@ -27,7 +30,13 @@ import torch
 from torch.utils.data import Dataset
 
 from benchmarks.core.config import DataConfig
-from benchmarks.core.data import h5_dataset, require_dir, select_files, synthetic_samples
+from benchmarks.core.data import (
+    h5_dataset,
+    readonly_tensor,
+    require_dir,
+    select_files,
+    synthetic_samples,
+)
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.cosmoflow.tfrecord import encode_example, iter_records, parse_example, write_records
 
@@ -68,15 +77,13 @@ def input_edge(cfg: CosmoFlowDataConfig) -> int:
 
 
 class CosmoFlowDataset(Dataset):
-    """(volume float32 [4, E, E, E], target float32 [4]) per file, read on access."""
+    """(counts int16 [E, E, E, 4], target float32 [4]) per file, as stored, read on access;
+    :class:`CosmoFlowTransform` makes the network's input of a batch of them."""
 
-    def __init__(self, files: list[Path], fmt: str, apply_log: bool = True, crop_size: int = 0,
-                 downsample: int = 1) -> None:
+    def __init__(self, files: list[Path], fmt: str, crop_size: int = 0) -> None:
         self.files = files
         self.format = fmt
-        self.apply_log = apply_log
         self.crop = crop_size or VOLUME_EDGE
-        self.downsample = downsample
 
     def __len__(self) -> int:
         return len(self.files)
@@ -85,22 +92,38 @@ class CosmoFlowDataset(Dataset):
         path = self.files[index]
         reader = read_tfrecord_sample if self.format == "tfrecord" else read_hdf5_sample
         counts, target = reader(path, self.crop)
-        return self._preprocess(counts), torch.from_numpy(target)
+        return counts, torch.from_numpy(target)
 
-    def _preprocess(self, counts: np.ndarray) -> torch.Tensor:
-        volume = counts.astype(np.float32)
+
+class CosmoFlowTransform:
+    """A batch of int16 counts [B, E, E, E, 4] -> float32 volumes [B, 4, E', E', E'] on the
+    device the batch is on: ``log(x + 1)`` (or ``x / mean(x)`` per sample), channels first,
+    then the ``downsample^3`` block mean. Targets pass through."""
+
+    def __init__(self, apply_log: bool = True, downsample: int = 1) -> None:
+        self.apply_log = apply_log
+        self.downsample = downsample
+
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        counts, targets = batch
+        # One kernel converts and reorders; the rest works in place.
+        volume = torch.empty(counts.shape[0], counts.shape[4], *counts.shape[1:4],
+                             dtype=torch.float32, device=counts.device)
+        volume.copy_(counts.permute(0, 4, 1, 2, 3))
         if self.apply_log:
-            np.log1p(volume, out=volume)
+            volume.log1p_()
         else:
-            volume /= max(float(volume.mean()), np.finfo(np.float32).tiny)
-        tensor = torch.from_numpy(np.ascontiguousarray(volume.transpose(3, 0, 1, 2)))
+            means = volume.mean(dim=(1, 2, 3, 4), keepdim=True)
+            volume /= means.clamp_(min=torch.finfo(torch.float32).tiny)
         if self.downsample > 1:
-            tensor = torch.nn.functional.avg_pool3d(tensor, self.downsample)
-        return tensor
+            volume = torch.nn.functional.avg_pool3d(volume, self.downsample)
+        return volume, targets
 
 
-def read_tfrecord_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[np.ndarray, np.ndarray]:
-    """int16 counts [crop, crop, crop, 4] and float32 targets [4] of one TFRecord file."""
+def read_tfrecord_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[torch.Tensor, np.ndarray]:
+    """int16 counts [crop, crop, crop, 4] (a view of the inflated record: read-only) and float32
+    targets [4] of one TFRecord file."""
     records = list(iter_records(path))
     if len(records) != 1:
         raise InputError(f"{path}: expected one record (one sample per file), "
@@ -121,11 +144,11 @@ def read_tfrecord_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[np.ndarra
                          f"(int16 {list(SAMPLE_SHAPE)})")
     if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.shape != (TARGETS,):
         raise InputError(f"{path}: feature 'y' must be a float_list of {TARGETS} values")
-    counts = np.frombuffer(x[0], dtype="<i2").reshape(SAMPLE_SHAPE)
+    counts = readonly_tensor(x[0], torch.int16).view(SAMPLE_SHAPE)
     return counts[:crop, :crop, :crop], y.copy()
 
 
-def read_hdf5_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[np.ndarray, np.ndarray]:
+def read_hdf5_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[torch.Tensor, np.ndarray]:
     """int16 counts [crop, crop, crop, 4] and float32 targets [4] of one HDF5 file."""
     try:
         with h5py.File(path, "r") as handle:
@@ -136,7 +159,9 @@ def read_hdf5_sample(path: Path, crop: int = VOLUME_EDGE) -> tuple[np.ndarray, n
             if y.shape != (TARGETS,):
                 raise InputError(f"{path}: dataset 'y' has shape {list(y.shape)}, expected "
                                  f"[{TARGETS}]")
-            return x[:crop, :crop, :crop], y[()].astype(np.float32)
+            corner = () if crop == VOLUME_EDGE else (slice(0, crop),) * 3
+            counts = torch.from_numpy(x[corner].astype(np.int16, copy=False))
+            return counts, y[()].astype(np.float32)
     except OSError as err:
         raise InputError(f"{path}: cannot read HDF5 file ({err})") from None
 
@@ -154,13 +179,16 @@ def build_datasets(cfg: CosmoFlowDataConfig) -> tuple[CosmoFlowDataset, CosmoFlo
     """Training and validation datasets; reads one sample of each now so that a wrong layout
     fails before training starts."""
     input_edge(cfg)
-    datasets = tuple(
-        CosmoFlowDataset(split_files(cfg, split), cfg.format, cfg.apply_log, cfg.crop_size,
-                         cfg.downsample)
-        for split in ("train", "eval"))
+    datasets = tuple(CosmoFlowDataset(split_files(cfg, split), cfg.format, cfg.crop_size)
+                     for split in ("train", "eval"))
     for dataset in datasets:
         dataset[0]
     return datasets
+
+
+def build_transform(cfg: CosmoFlowDataConfig) -> CosmoFlowTransform:
+    """The per-batch device transform the configured loader's batches need."""
+    return CosmoFlowTransform(cfg.apply_log, cfg.downsample)
 
 
 # --- synthetic data ---------------------------------------------------------------------------

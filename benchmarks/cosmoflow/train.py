@@ -18,7 +18,14 @@ from benchmarks.core.data import build_loader
 from benchmarks.core.loop import Task
 from benchmarks.core.metrics import RatioMetric
 from benchmarks.core.runner import BenchmarkSpec, main
-from benchmarks.cosmoflow.data import CosmoFlowDataConfig, build_datasets, input_edge, synthesize
+from benchmarks.core.staging import plan_staging
+from benchmarks.cosmoflow.data import (
+    CosmoFlowDataConfig,
+    build_datasets,
+    build_transform,
+    input_edge,
+    synthesize,
+)
 from benchmarks.cosmoflow.model import CosmoFlow, ModelConfig
 
 
@@ -52,8 +59,11 @@ def build_task(context: GlobalContext) -> Task:
     config, env, device = context.cfg, context.env, context.device
     data = config.data
     train_set, eval_set = build_datasets(data)
+    train_samples, eval_samples = len(train_set), len(eval_set)
+    staging = plan_staging(data, train_set, eval_set, env)
     common = {"env": env, "device": device, "num_workers": data.num_workers,
-              "prefetch_factor": data.prefetch_factor, "seed": config.training.seed}
+              "prefetch_factor": data.prefetch_factor, "seed": config.training.seed,
+              "local_shard": staging is not None}
     schedule = config.lr_schedule
     return Task(
         model=build_model(config),
@@ -62,14 +72,16 @@ def build_task(context: GlobalContext) -> Task:
         eval_loader=build_loader(eval_set, data.eval_batch_size, train=False, **common),
         loss_fn=nn.MSELoss(),
         metric=MeanAbsoluteError(),
-        train_samples=len(train_set),
-        eval_samples=len(eval_set),
+        train_samples=train_samples,
+        eval_samples=eval_samples,
         hyperparameters={
             "opt_learning_rate_warmup_factor": warmup_factor(schedule),
             "opt_learning_rate_decay_boundary_epochs": schedule.milestones,
             "opt_learning_rate_decay_factor": schedule.decay_factors or schedule.gamma,
             "dropout": config.model.dropout,
         },
+        device_transform=build_transform(data),
+        staging=staging,
     )
 
 

@@ -4,11 +4,14 @@ Layout: ``<data_dir>/train/*.h5`` and ``<data_dir>/validation/*.h5``, one sample
 each with ``climate/data`` (float32 [768, 1152, 16], height x width x channels) and
 ``climate/labels_0`` ([768, 1152], classes 0 background, 1 atmospheric river, 2 tropical
 cyclone); ``<data_dir>/stats.h5`` holds ``climate/{count,mean,sqmean,minval,maxval}`` over
-the training set. Each sample is normalised with ``(x - minval) / (maxval - minval)`` and
-transposed to channels first, as in the reference ``CamDataset``.
+the training set. The loader's workers only read each sample; :class:`DeepCAMTransform` then
+normalises a batch on the training device with ``(x - minval) / (maxval - minval)``,
+transposes it to channels first and makes the labels int64, as the reference ``CamDataset``
+does per sample.
 
 For smoke runs ``crop_height`` / ``crop_width`` keep the top-left corner (only that hyperslab
-is read) and ``downsample`` averages ``downsample x downsample`` blocks of the data and takes
+is read) and ``downsample`` averages ``downsample x downsample`` blocks of the data (in the
+worker: 1/64 of the bytes to copy at 8x; the mean commutes with the normalisation) and takes
 the label of the pixel at each block's centre. File lists are sorted, then cut to ``train_subset`` /
 ``eval_subset``; the loader's sampler gives each rank its own share.
 """
@@ -90,13 +93,12 @@ def read_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DeepCAMDataset(Dataset):
-    """(data float32 [16, H, W], labels int64 [H, W]) per file, read on access."""
+    """(data float32 [H, W, 16], labels [H, W] as stored) per file, read on access;
+    :class:`DeepCAMTransform` makes the network's input of a batch of them."""
 
-    def __init__(self, files: list[Path], minval: np.ndarray, maxval: np.ndarray,
-                 crop_height: int = 0, crop_width: int = 0, downsample: int = 1) -> None:
+    def __init__(self, files: list[Path], crop_height: int = 0, crop_width: int = 0,
+                 downsample: int = 1) -> None:
         self.files = files
-        self.shift = minval.astype(np.float32)
-        self.scale = (1.0 / (maxval - minval)).astype(np.float32)
         self.crop = (crop_height or HEIGHT, crop_width or WIDTH)
         self.downsample = downsample
 
@@ -108,12 +110,35 @@ class DeepCAMDataset(Dataset):
         factor = self.downsample
         if factor > 1:
             data = block_mean(data, factor)
-            labels = labels[factor // 2::factor, factor // 2::factor]
-        # Normalise while transposing: one pass writes the channels-first copy.
-        image = np.empty((CHANNELS, *data.shape[:2]), np.float32)
-        np.subtract(data.transpose(2, 0, 1), self.shift[:, None, None], out=image)
-        image *= self.scale[:, None, None]
-        return torch.from_numpy(image), torch.from_numpy(labels.astype(np.int64))
+            labels = np.ascontiguousarray(labels[factor // 2::factor, factor // 2::factor])
+        return torch.from_numpy(data), torch.from_numpy(labels)
+
+
+class DeepCAMTransform:
+    """A batch of data [B, H, W, 16] and labels [B, H, W] -> min/max-normalised float32
+    [B, 16, H, W] (channels-last in memory when ``channels_last``, else contiguous) and int64
+    labels, on the device the batch is on."""
+
+    def __init__(self, minval: np.ndarray, maxval: np.ndarray, channels_last: bool = False) -> None:
+        self.shift = torch.from_numpy(minval.astype(np.float32))
+        self.scale = torch.from_numpy((1.0 / (maxval - minval)).astype(np.float32))
+        self.channels_last = channels_last
+
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        data, labels = batch
+        if self.shift.device != data.device:
+            self.shift, self.scale = self.shift.to(data.device), self.scale.to(data.device)
+        if self.channels_last:
+            # Normalised along the contiguous channel axis: the transposed view is channels-last.
+            image = torch.sub(data, self.shift).mul_(self.scale).permute(0, 3, 1, 2)
+        else:
+            # The subtraction writes the channels-first copy: one pass over the batch less.
+            image = torch.empty(data.shape[0], data.shape[3], *data.shape[1:3],
+                                dtype=torch.float32, device=data.device)
+            torch.sub(data.permute(0, 3, 1, 2), self.shift[:, None, None], out=image)
+            image.mul_(self.scale[:, None, None])
+        return image, labels.long()
 
 
 def block_mean(data: np.ndarray, factor: int) -> np.ndarray:
@@ -141,8 +166,9 @@ def read_sample(path: Path, crop: tuple[int, int] = (HEIGHT, WIDTH)) -> tuple[np
             if labels.shape != (HEIGHT, WIDTH):
                 raise InputError(f"{path}: '{LABEL_KEY}' has shape {list(labels.shape)}, "
                                  f"expected [{HEIGHT}, {WIDTH}]")
-            values = data[:height, :width].astype(np.float32, copy=False)
-            classes = labels[:height, :width]
+            corner = () if crop == (HEIGHT, WIDTH) else (slice(0, height), slice(0, width))
+            values = data[corner].astype(np.float32, copy=False)
+            classes = labels[corner]
     except OSError as err:
         raise InputError(f"{path}: cannot read HDF5 file ({err})") from None
     if classes.size and (classes.min() < 0 or classes.max() >= NUM_CLASSES):
@@ -162,16 +188,24 @@ def build_datasets(cfg: DeepCAMDataConfig) -> tuple[DeepCAMDataset, DeepCAMDatas
     """Training and validation datasets; reads one sample of each now so that a wrong layout
     fails before training starts."""
     input_shape(cfg)
-    root = require_dir(cfg.data_dir, "DeepCAM data_dir")
-    stats = Path(cfg.stats_file)
-    minval, maxval = read_stats(stats if stats.is_absolute() else root / stats)
+    read_stats(stats_path(cfg))
     datasets = tuple(
-        DeepCAMDataset(split_files(cfg, split), minval, maxval, cfg.crop_height,
-                       cfg.crop_width, cfg.downsample)
+        DeepCAMDataset(split_files(cfg, split), cfg.crop_height, cfg.crop_width, cfg.downsample)
         for split in ("train", "eval"))
     for dataset in datasets:
         dataset[0]
     return datasets
+
+
+def stats_path(cfg: DeepCAMDataConfig) -> Path:
+    """``data.stats_file``, relative to ``data.data_dir`` unless absolute."""
+    stats = Path(cfg.stats_file)
+    return stats if stats.is_absolute() else require_dir(cfg.data_dir, "DeepCAM data_dir") / stats
+
+
+def build_transform(cfg: DeepCAMDataConfig, channels_last: bool = False) -> DeepCAMTransform:
+    """The per-batch device transform, with the training set's statistics."""
+    return DeepCAMTransform(*read_stats(stats_path(cfg)), channels_last)
 
 
 # --- synthetic data ---------------------------------------------------------------------------

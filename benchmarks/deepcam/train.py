@@ -22,7 +22,14 @@ from benchmarks.core.metrics import RatioMetric
 from benchmarks.core.optim import scaled_base_lr, schedule_steps
 from benchmarks.core.rcp import deepcam_reference_milestones
 from benchmarks.core.runner import BenchmarkSpec, main
-from benchmarks.deepcam.data import NUM_CLASSES, DeepCAMDataConfig, build_datasets, synthesize
+from benchmarks.core.staging import plan_staging
+from benchmarks.deepcam.data import (
+    NUM_CLASSES,
+    DeepCAMDataConfig,
+    build_datasets,
+    build_transform,
+    synthesize,
+)
 from benchmarks.deepcam.model import DeepLabV3Plus, ModelConfig
 
 # Inverse class frequencies of the MLPerf HPC training set, softened by the power -1/8, as in
@@ -88,8 +95,11 @@ def build_task(context: GlobalContext) -> Task:
         raise ConfigError("config key 'model.sync_batchnorm': SyncBatchNorm needs GPUs; "
                           "set it to false for a multi-process CPU run")
     train_set, eval_set = build_datasets(data)
+    train_samples, eval_samples = len(train_set), len(eval_set)
+    staging = plan_staging(data, train_set, eval_set, env)
     common = {"env": env, "device": device, "num_workers": data.num_workers,
-              "prefetch_factor": data.prefetch_factor, "seed": config.training.seed}
+              "prefetch_factor": data.prefetch_factor, "seed": config.training.seed,
+              "local_shard": staging is not None}
     train_loader = build_loader(train_set, data.local_batch_size, train=True,
                                 shuffle=data.shuffle, drop_last=data.drop_last, **common)
     return Task(
@@ -98,10 +108,12 @@ def build_task(context: GlobalContext) -> Task:
         eval_loader=build_loader(eval_set, data.eval_batch_size, train=False, **common),
         loss_fn=WeightedCrossEntropy(),
         metric=MeanIoU(),
-        train_samples=len(train_set),
-        eval_samples=len(eval_set),
+        train_samples=train_samples,
+        eval_samples=eval_samples,
         hyperparameters=mlperf_hyperparameters(config, env.world_size,
                                                steps_per_epoch(train_loader, config)),
+        device_transform=build_transform(data, config.training.channels_last),
+        staging=staging,
     )
 
 

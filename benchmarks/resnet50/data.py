@@ -4,17 +4,27 @@ Layout: ``<data_dir>/train/<wnid>/*.JPEG`` and ``<data_dir>/val/<wnid>/*.JPEG``;
 the sorted folder names of ``train``. Every image is decoded to RGB whatever it holds (real
 ImageNet has grayscale and CMYK JPEGs and one PNG named .JPEG), and an unreadable image is
 an ``InputError`` naming the file. Training uses RandomResizedCrop + horizontal flip,
-evaluation Resize + CenterCrop, both normalised with the ImageNet mean and std.
+evaluation Resize + CenterCrop. The workers deliver the uint8 crops; :class:`ImageTransform`
+normalises a batch of them with the ImageNet mean and std on the training device (a quarter
+of the bytes to pin and copy, and the arithmetic off the CPU).
 
 ``data.decoder`` picks the JPEG decoder: ``torchvision`` (torchvision.io, faster per core:
 ``bench/jpeg_decode.py``) or ``pil`` (for torchvision builds without image codecs, common in
 source builds on clusters, and for the release that drops torchvision.io decoding, deprecated
 since torchvision 0.29). Both feed the same transforms v2 pipeline.
+
+``data.decode_device`` says where JPEGs are decoded: ``cpu`` (the default) in the workers, or
+``cuda``: the workers only read the files and :class:`ImageTransform` decodes each batch with
+``torchvision.io.decode_jpeg`` (nvJPEG) on the training device, then crops each image there.
+Files nvJPEG may not take (PNG, CMYK, progressive or arithmetic-coded JPEG) are still decoded
+in the workers. In a CPU run ``cuda`` decodes on the CPU through the same code path.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -52,15 +62,23 @@ class ImageNetDataConfig(DataConfig):
     # mean_std: (x - mean) / std on [0, 1] (torchvision); mean: x - mean on [0, 255] (the
     # MLPerf TF2 reference's mean subtraction).
     normalize: Literal["mean_std", "mean"] = "mean_std"
+    decode_device: Literal["cpu", "cuda"] = "cpu"
 
 
 class ImageFolderRGB(Dataset):
-    """(image tensor, class index) pairs from one split of an ImageFolder tree."""
+    """(image, class index) pairs from one split of an ImageFolder tree.
+
+    The image is ``transform`` of the decoded uint8 RGB tensor, or with ``encoded`` the file's
+    bytes as a :class:`JpegBytes` where the device can decode it (else the decoded tensor);
+    batch those with :func:`collate_encoded`.
+    """
 
     def __init__(self, root: Path, classes: list[str], transform: v2.Transform,
-                 subset: int = 0, subset_seed: int = 0, decoder: str = "torchvision") -> None:
+                 subset: int = 0, subset_seed: int = 0, decoder: str = "torchvision",
+                 encoded: bool = False) -> None:
         self.root = root
         self.decoder = decoder
+        self.encoded = encoded
         self.classes = classes
         self.transform = transform
         index = {name: i for i, name in enumerate(classes)}
@@ -82,9 +100,100 @@ class ImageFolderRGB(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor | JpegBytes, int]:
         path, label = self.samples[item]
+        if self.encoded:
+            data = read_file(str(path))
+            if device_decodable(data):
+                return JpegBytes(data, path), label
         return self.transform(load_rgb(path, self.decoder)), label
+
+
+class JpegBytes:
+    """A JPEG file's bytes, to be decoded on the training device (never moved there itself:
+    ``decode_jpeg`` takes its input on the CPU)."""
+
+    def __init__(self, data: torch.Tensor, path: Path) -> None:
+        self.data, self.path = data, path
+
+
+class ImageList:
+    """A batch of :class:`JpegBytes` and decoded images of different sizes, of the training or
+    the evaluation split. Not a tensor nor a list: the loop's device transfer and the loader's
+    pinning leave it as it is."""
+
+    def __init__(self, images: list[torch.Tensor | JpegBytes], train: bool) -> None:
+        self.images, self.train = images, train
+
+
+def collate_encoded(samples: list[tuple[torch.Tensor | JpegBytes, int]],
+                    train: bool) -> tuple[ImageList, torch.Tensor]:
+    """Batch of :meth:`ImageFolderRGB.__getitem__` results in ``encoded`` mode."""
+    images, labels = zip(*samples, strict=True)
+    return ImageList(list(images), train), torch.tensor(labels)
+
+
+# Baseline and extended-sequential Huffman JPEG frames (SOF0, SOF1); nvJPEG's batched decoder
+# takes these with one (gray) or three (YCbCr) components.
+_DEVICE_FRAMES = {0xC0, 0xC1}
+_OTHER_FRAMES = set(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def device_decodable(data: torch.Tensor) -> bool:
+    """Whether ``data`` is a baseline gray or YCbCr JPEG (read from its frame header)."""
+    raw = data.numpy().tobytes()
+    if raw[:2] != b"\xff\xd8":
+        return False
+    position = 2
+    while position + 9 < len(raw) and raw[position] == 0xFF:
+        marker = raw[position + 1]
+        if marker in _DEVICE_FRAMES:
+            return raw[position + 9] in (1, 3)
+        if marker in _OTHER_FRAMES or marker == 0xDA:
+            return False
+        position += 2 + int.from_bytes(raw[position + 2:position + 4], "big")
+    return False
+
+
+class ImageTransform:
+    """A batch of images -> float32 [B, 3, S, S] normalised with ``mean`` and ``std`` (on
+    [0, 1] pixels), on the device the labels are on. A batch of uint8 crops (decoded in the
+    workers) is normalised as it is; an :class:`ImageList` is first decoded there
+    (``decode_jpeg``) and each image cropped by the crop of its split."""
+
+    def __init__(self, train_crop: v2.Transform, eval_crop: v2.Transform,
+                 mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+        self.train_crop, self.eval_crop = train_crop, eval_crop
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, batch: tuple[torch.Tensor | ImageList, torch.Tensor]) -> tuple[
+            torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        if isinstance(images, ImageList):
+            crop = self.train_crop if images.train else self.eval_crop
+            images = torch.stack([crop(image) for image in decode(images, labels.device)])
+        images = v2.functional.to_dtype(images, torch.float32, scale=True)
+        return v2.functional.normalize(images, self.mean, self.std), labels
+
+
+def decode(batch: ImageList, device: torch.device) -> list[torch.Tensor]:
+    """RGB uint8 tensors on ``device``: the JPEGs decoded there in one batch, the rest moved."""
+    images = batch.images
+    encoded = [image for image in images if isinstance(image, JpegBytes)]
+    try:
+        decoded = iter(decode_jpeg([image.data for image in encoded], mode=ImageReadMode.RGB,
+                                   device=device)) if encoded else iter(())
+    except RuntimeError:
+        for image in encoded:  # find the file to name
+            try:
+                decode_jpeg(image.data, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as err:
+                reason = str(err).splitlines()[0]
+                raise InputError(f"{image.path}: cannot decode image ({reason})") from None
+        raise
+    return [next(decoded) if isinstance(image, JpegBytes) else image.to(device)
+            for image in images]
 
 
 def load_rgb(path: Path, decoder: str = "torchvision") -> torch.Tensor:
@@ -108,7 +217,8 @@ def class_names(train_root: Path) -> list[str]:
 
 
 def build_datasets(cfg: ImageNetDataConfig) -> tuple[ImageFolderRGB, ImageFolderRGB]:
-    """Training and evaluation splits with the standard augmentation."""
+    """Training and evaluation splits with the standard augmentation (uint8 crops, or the
+    files' bytes with ``decode_device: cuda``; see :func:`build_transforms`)."""
     root = require_dir(cfg.data_dir, "ImageNet data_dir")
     train_root = require_dir(root / cfg.train_dir, "training split (data.train_dir)")
     eval_root = require_dir(root / cfg.eval_dir, "evaluation split (data.eval_dir)")
@@ -116,18 +226,44 @@ def build_datasets(cfg: ImageNetDataConfig) -> tuple[ImageFolderRGB, ImageFolder
     if len(cfg.crop_area) != 2 or not 0 < low <= high <= 1:
         raise ConfigError(f"config key 'data.crop_area': expected [low, high] with "
                           f"0 < low <= high <= 1, got {cfg.crop_area}")
-    # On [0, 1] pixels, (x - mean / 255) / (1 / 255) is the reference's x - mean on 0-255.
-    mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if cfg.normalize == "mean_std" else
-                 (tuple(m / 255 for m in REFERENCE_CHANNEL_MEANS), (1 / 255,) * 3))
-    to_normalized_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    train_tf = v2.Compose([v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_area),
-                                                antialias=True),
-                           v2.RandomHorizontalFlip(), *to_normalized_float])
-    eval_tf = v2.Compose([v2.Resize(cfg.resize_size, antialias=True),
-                          v2.CenterCrop(cfg.image_size), *to_normalized_float])
+    train_crop, eval_crop = crops(cfg)
     classes = class_names(train_root)
-    return (ImageFolderRGB(train_root, classes, train_tf, cfg.train_subset, decoder=cfg.decoder),
-            ImageFolderRGB(eval_root, classes, eval_tf, cfg.eval_subset, decoder=cfg.decoder))
+    encoded = cfg.decode_device == "cuda"
+    return (ImageFolderRGB(train_root, classes, train_crop, cfg.train_subset,
+                           decoder=cfg.decoder, encoded=encoded),
+            ImageFolderRGB(eval_root, classes, eval_crop, cfg.eval_subset, decoder=cfg.decoder,
+                           encoded=encoded))
+
+
+def crops(cfg: ImageNetDataConfig) -> tuple[v2.Transform, v2.Transform]:
+    """(training, evaluation) crops of a uint8 image, wherever it is."""
+    return (v2.Compose([v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_area),
+                                             antialias=True),
+                        v2.RandomHorizontalFlip()]),
+            v2.Compose([v2.Resize(cfg.resize_size, antialias=True),
+                        v2.CenterCrop(cfg.image_size)]))
+
+
+def normalization(cfg: ImageNetDataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on [0, 1] pixels. ``mean_std`` is torchvision's; ``mean`` is the MLPerf TF2
+    reference's mean subtraction on 0-255: (x - mean / 255) / (1 / 255) is x - mean on 0-255."""
+    if cfg.normalize == "mean_std":
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(m / 255 for m in REFERENCE_CHANNEL_MEANS), (1 / 255,) * 3
+
+
+def build_transform(cfg: ImageNetDataConfig) -> ImageTransform:
+    """The device transform that finishes the loaders' batches."""
+    return ImageTransform(*crops(cfg), *normalization(cfg))
+
+
+def collate_fns(cfg: ImageNetDataConfig) -> tuple[Callable | None, Callable | None]:
+    """(training, evaluation) ``collate_fn`` of the loaders: the default one for uint8 crops,
+    :func:`collate_encoded` for device decoding."""
+    if cfg.decode_device == "cpu":
+        return None, None
+    return (functools.partial(collate_encoded, train=True),
+            functools.partial(collate_encoded, train=False))
 
 
 SYNTH_CLASSES = 10

@@ -18,7 +18,13 @@ from benchmarks.core.loop import Task, steps_per_epoch
 from benchmarks.core.metrics import TopKAccuracy
 from benchmarks.core.optim import scaled_base_lr, schedule_steps
 from benchmarks.core.runner import BenchmarkSpec, main
-from benchmarks.resnet50.data import ImageNetDataConfig, build_datasets, synthesize
+from benchmarks.resnet50.data import (
+    ImageNetDataConfig,
+    build_datasets,
+    build_transform,
+    collate_fns,
+    synthesize,
+)
 from benchmarks.resnet50.model import ResNetModelConfig, build_resnet
 
 IMAGENET_CLASSES = 1000
@@ -40,12 +46,15 @@ def build_task(context: GlobalContext) -> Task:
                           f"{data.data_dir} has {num_classes} classes")
     common = {"env": env, "device": device, "num_workers": data.num_workers,
               "prefetch_factor": data.prefetch_factor, "seed": config.training.seed}
+    train_collate, eval_collate = collate_fns(data)
     train_loader = build_loader(train_set, data.local_batch_size, train=True,
-                                shuffle=data.shuffle, drop_last=data.drop_last, **common)
+                                shuffle=data.shuffle, drop_last=data.drop_last,
+                                collate_fn=train_collate, **common)
     return Task(
         model=build_model(config, num_classes),
         train_loader=train_loader,
-        eval_loader=build_loader(eval_set, data.eval_batch_size, train=False, **common),
+        eval_loader=build_loader(eval_set, data.eval_batch_size, train=False,
+                                 collate_fn=eval_collate, **common),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=config.model.label_smoothing),
         metric=TopKAccuracy(k=1),
         train_samples=len(train_set),
@@ -53,6 +62,7 @@ def build_task(context: GlobalContext) -> Task:
         hyperparameters={"model_bn_span": data.local_batch_size,
                          "label_smoothing": config.model.label_smoothing,
                          **mlperf_optimizer_keys(config, steps_per_epoch(train_loader, config))},
+        device_transform=build_transform(data),
     )
 
 

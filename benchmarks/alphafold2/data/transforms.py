@@ -119,6 +119,16 @@ def _pad_to(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return F.pad(tensor, [0, 0] * (tensor.dim() - dim - 1) + [0, size - tensor.shape[dim]])
 
 
+def _stack_padded(tensors: list[torch.Tensor], rows: int, size: int) -> torch.Tensor:
+    """``tensors`` [r_i, n, ...] zero-padded to [rows, size, ...] and stacked, written once into
+    the result (padding each, then stacking, copied the largest features twice)."""
+    first = tensors[0]
+    stacked = first.new_zeros((len(tensors), rows, size, *first.shape[2:]))
+    for index, tensor in enumerate(tensors):
+        stacked[index, :tensor.shape[0], :tensor.shape[1]] = tensor
+    return stacked
+
+
 def make_example(raw: RawChain, config: FeatureConfig, generator: torch.Generator,
                  train: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Sample, crop (training only; evaluation keeps the whole chain) and pad one example."""
@@ -139,9 +149,8 @@ def make_example(raw: RawChain, config: FeatureConfig, generator: torch.Generato
     row_limits = {"msa_feat": config.max_msa_clusters, "msa_mask": config.max_msa_clusters,
                   "true_msa": config.max_msa_clusters, "bert_mask": config.max_msa_clusters}
     recycled = {
-        key: torch.stack([_pad_to(residues(sample[key], dim=1), 0,
-                                  row_limits.get(key, config.max_extra_msa))
-                          for sample in samples])
+        key: _stack_padded([sample[key].narrow(1, start, length) for sample in samples],
+                           row_limits.get(key, config.max_extra_msa), size)
         for key in RECYCLED_KEYS + ("true_msa", "bert_mask")
     }
 

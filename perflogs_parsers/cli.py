@@ -146,6 +146,8 @@ def _readable(result: pd.DataFrame) -> pd.DataFrame:
     """The columns a person reads first; csv and json keep every column."""
     import pandas as pd
 
+    from perflogs_parsers.regressions import settings_label
+
     def with_unit(values: pd.Series) -> pd.Series:
         text = values.map('{:.6g}'.format).str.cat(result['unit'].astype(str), sep=' ')
         return text.where(values.notna(), '-')
@@ -155,6 +157,7 @@ def _readable(result: pd.DataFrame) -> pd.DataFrame:
         'where': result['system'].astype(str) + ':' + result['partition'].astype(str),
         'environ': result['environ'],
         'variant': result['display_name'],
+        'settings': settings_label(result),
         'variable': result['variable'],
         'latest': with_unit(result['value']),
         'baseline': with_unit(result['baseline']),

@@ -28,10 +28,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from perflogs_parsers.formats import ENVIRONMENT_COLUMNS
+from perflogs_parsers.formats import ENVIRONMENT_COLUMNS, SETTINGS_COLUMNS
 from perflogs_parsers.rules import (
     HIGHER,
     LOWER,
+    VARIANT_KEYS,
     Settings,
     direction_of,
     history_keys,
@@ -44,22 +45,27 @@ _MAD_TO_SIGMA = 1.4826
 STATUSES = ('failed', 'regression', 'out of bounds', 'improvement', 'changed', 'new', 'ok')
 PROBLEMS = frozenset(STATUSES[:3])
 #: Columns of :func:`find_regressions`' table.
+#: Columns of :func:`find_regressions`' table; the settings columns of the frame follow
+#: ``display_name``.
 RESULT_COLUMNS = ['system', 'partition', 'environ', 'test', 'display_name', 'variable', 'unit',
                   'better', 'time', 'value', 'runs', 'baseline', 'band', 'change',
                   'reference', 'lower_bound', 'upper_bound', 'status', 'why']
 
 
 def find_regressions(frame: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
-    """One row per variant and variable: the latest run, its baseline and a status.
+    """One row per history and variable: the latest run, its baseline and a status.
 
-    Columns: :data:`RESULT_COLUMNS`; ``band`` is the half width of the noise band and
-    ``change`` the latest value relative to the baseline. Worst statuses come first.
+    Columns: :data:`RESULT_COLUMNS` and the settings columns; ``band`` is the half width of
+    the noise band and ``change`` the latest value relative to the baseline. Worst statuses
+    come first.
     """
     settings = settings or Settings()
     if frame.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
 
-    history = _ids(frame, [*history_keys(frame.columns), 'variable'])
+    keys = history_keys(frame.columns)
+    settings_columns = keys[len(VARIANT_KEYS):]
+    history = _ids(frame, [*keys, 'variable'])
     times = frame['timestamp'].to_numpy(dtype='datetime64[ns]').view(np.int64)
     # Rows of each history together, oldest first: the last row of each is its latest.
     order = np.lexsort((times, history))
@@ -74,11 +80,14 @@ def find_regressions(frame: pd.DataFrame, settings: Settings | None = None) -> p
         earlier = np.arange(start, end - 1)
         earlier = earlier[~np.isnan(values[earlier])][-settings.window:]
         verdict = _judge(row, values[earlier], settings)
+        verdict.update((name, row[name]) for name in settings_columns)
         change = environment.change(end - 1, earlier)
         if change:
             verdict['why'] = f'{verdict["why"]}; {change}'
         rows.append(verdict)
-    result = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    at = RESULT_COLUMNS.index('display_name') + 1
+    result = pd.DataFrame(rows, columns=[*RESULT_COLUMNS[:at], *settings_columns,
+                                         *RESULT_COLUMNS[at:]])
     rank = result['status'].map({status: index for index, status in enumerate(STATUSES)})
     order = np.lexsort((result['variable'].astype(str), result['display_name'].astype(str),
                         result['partition'].astype(str), result['system'].astype(str), rank))
@@ -207,6 +216,17 @@ def _text(value) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return str(value)
+
+
+def settings_label(rows: pd.DataFrame) -> pd.Series:
+    """Per row, the settings that tell its history from the others in ``rows``
+    (``batch_size=512``), '' where all rows share them."""
+    parts = [name + '=' + rows[name].astype(object).astype(str)
+             for name in SETTINGS_COLUMNS
+             if name in rows.columns and rows[name].astype(object).nunique(dropna=False) > 1]
+    if not parts:
+        return pd.Series('', index=rows.index, dtype=object)
+    return pd.concat(parts, axis=1).agg(' '.join, axis=1)
 
 
 def exit_code(result: pd.DataFrame) -> int:

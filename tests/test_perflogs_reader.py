@@ -7,7 +7,10 @@ rarely writes but a reader meets in the wild (truncated lines, edited files, tim
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +236,43 @@ def test_export_round_trips_through_parquet_and_csv(tmp_path):
     np.testing.assert_array_equal(csv['value'].to_numpy(), frame['value'].to_numpy())
     with pytest.raises(PerflogError, match='.csv or .parquet'):
         export_frame(frame, tmp_path / 'out.xlsx')
+
+
+def test_repeated_runs_join_one_history(tmp_path):
+    # `reframe --repeat 2` adds `%.repeat_no=N` to the display name (ReFrame 4.10).
+    display = 'bench %num_nodes=1 %device=gpu %scale=smoke'
+    path = write(tmp_path / 'bench.log', HEADER, line(display=display),
+                 line(display=f'{display} %.repeat_no=0'),
+                 line(display=f'{display} %.repeat_no=1'))
+    frame, _ = read_perflogs(path)
+    assert frame['display_name'].astype(str).unique().tolist() == [display]
+    assert '.repeat_no' not in frame.columns and len(frame) == 3 * len(VARIABLES)
+
+
+@pytest.mark.parametrize('zone', ['Europe/Zurich', 'America/St_Johns', 'Australia/Lord_Howe'])
+def test_local_times_are_converted_as_python_converts_them(tmp_path, monkeypatch, zone):
+    # Times without offset (ReFrame's default datefmt) in bulk, across DST changes, in zones
+    # with half-hour offsets and a half-hour DST step: Arrow's path equals Python's.
+    monkeypatch.setenv('TZ', zone)
+    time.tzset()
+    try:
+        rng = np.random.default_rng(5)
+        seconds = np.sort(rng.integers(1_700_000_000, 1_800_000_000, 3000))
+        texts = [pd.Timestamp(int(s), unit='s').strftime('%Y-%m-%dT%H:%M:%S') for s in seconds]
+        path = write(tmp_path / 'bench.log', HEADER, *(line(when=text) for text in texts))
+        frame, report = read_perflogs(path)
+        expected = [pd.Timestamp(datetime.fromisoformat(text).astimezone(timezone.utc))
+                    for text in texts]
+    finally:
+        monkeypatch.delenv('TZ')
+        time.tzset()
+    assert report.malformed == []
+    assert frame['timestamp'].iloc[::len(VARIABLES)].tolist() == expected
+
+
+def test_the_package_does_not_import_benchmarks():
+    code = ('import sys, perflogs_parsers.cli, perflogs_parsers.reader, '
+            'perflogs_parsers.regressions, perflogs_parsers.references, '
+            'perflogs_parsers.dashboard, perflogs_parsers.summary; '
+            "sys.exit(int(any(m.split('.')[0] == 'benchmarks' for m in sys.modules)))")
+    assert subprocess.run([sys.executable, '-c', code], timeout=120).returncode == 0

@@ -56,21 +56,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument('--format', choices=('table', 'csv', 'json'), default='table',
                         help='output format (default: table)')
 
-    judging = argparse.ArgumentParser(add_help=False)
+    band = argparse.ArgumentParser(add_help=False)
     defaults = Settings()
-    judging.add_argument('--window', type=int, default=defaults.window,
-                         help=f'latest runs in the baseline (default: {defaults.window})')
+    band.add_argument('--window', type=int, default=defaults.window,
+                      help=f'latest runs in the baseline (default: {defaults.window})')
+    band.add_argument('--mad-k', type=float, default=defaults.mad_k,
+                      help='noise band half width in robust standard deviations '
+                           f'(default: {defaults.mad_k})')
+    band.add_argument('--min-change', type=float, default=defaults.min_change,
+                      help='narrowest noise band, relative to the baseline '
+                           f'(default: {defaults.min_change})')
+    band.add_argument('--direction', action='append', default=[], metavar='VAR=higher|lower',
+                      help='which way a variable improves, when its unit does not tell')
+    judging = argparse.ArgumentParser(add_help=False, parents=[band])
     judging.add_argument('--min-samples', type=int, default=defaults.min_samples,
                          help='earlier runs needed for a verdict from history '
                               f'(default: {defaults.min_samples})')
-    judging.add_argument('--mad-k', type=float, default=defaults.mad_k,
-                         help='noise band half width in robust standard deviations '
-                              f'(default: {defaults.mad_k})')
-    judging.add_argument('--min-change', type=float, default=defaults.min_change,
-                         help='narrowest noise band, relative to the baseline '
-                              f'(default: {defaults.min_change})')
-    judging.add_argument('--direction', action='append', default=[], metavar='VAR=higher|lower',
-                         help='which way a variable improves, when its unit does not tell')
 
     summary = actions.add_parser('summary', parents=[selection, output],
                                  help='runs, failures and values per variant and variable')
@@ -91,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dashboard.set_defaults(func=_guarded(run_dashboard))
 
     references = actions.add_parser(
-        'references', parents=[selection, judging],
+        'references', parents=[selection, band],
         help='ReFrame external references (YAML) from the history of passed runs',
         description='Write a ReFrame 4.10 external-references file: per test class, '
                     'system:partition, device, num_nodes and scale, the median of the latest '
@@ -288,10 +289,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         if not name or better not in (HIGHER, LOWER):
             raise PerflogError(f'--direction: expected VAR=higher or VAR=lower, got {item!r}')
         directions[name] = better
-    if args.window < 1 or args.min_samples < 1 or args.mad_k <= 0 or args.min_change < 0:
+    # ``references`` has no --min-samples: it needs --min-runs passed runs instead.
+    min_samples = getattr(args, 'min_samples', Settings().min_samples)
+    if args.window < 1 or min_samples < 1 or args.mad_k <= 0 or args.min_change < 0:
         raise PerflogError('--window and --min-samples must be at least 1, --mad-k positive, '
                           '--min-change not negative')
-    return Settings(window=args.window, min_samples=args.min_samples, mad_k=args.mad_k,
+    return Settings(window=args.window, min_samples=min_samples, mad_k=args.mad_k,
                     min_change=args.min_change, directions=directions)
 
 

@@ -29,7 +29,6 @@ CORE_COLUMNS = (
 )
 
 _PARAMETER = re.compile(r'%([^\s=]+)=(\S*)')
-_TRANSPOSE_BLOCK = 1 << 16
 _REPEAT_NUMBER = re.compile(r' %\.repeat_no=\d+')
 
 
@@ -53,6 +52,9 @@ def tidy(table: pa.Table, times: np.ndarray, layout: Layout, path: Path) -> pd.D
             # than the strings. With a row per variable, categories repeat codes, not texts.
             return pc.cast(column, pa.string()).combine_chunks().to_pandas()
         values = _categorical(column)
+        if len(values.categories) == 1 and column.null_count == 0:
+            # One value in the whole file (settings, environment, version): no codes to copy.
+            return _constant(values.categories[0], rows)
         return pd.Categorical.from_codes(repeat(values.codes), dtype=values.dtype,
                                          validate=False)
 
@@ -158,7 +160,8 @@ def _recode(codes: np.ndarray, values: list[str | None]) -> pd.Categorical:
     categories = sorted({value for value in values if value is not None})
     position = {value: index for index, value in enumerate(categories)}
     # The trailing -1 is what code -1 (no display name) picks.
-    lookup = np.array([position.get(value, -1) for value in values] + [-1], dtype=np.int32)
+    lookup = np.array([position.get(value, -1) for value in values] + [-1],
+                      dtype=_code_type(len(categories)))
     return pd.Categorical.from_codes(lookup[codes], _text_index(categories), validate=False)
 
 
@@ -174,14 +177,22 @@ def _float_array(column: pa.ChunkedArray) -> np.ndarray:
 
 def _interleave_floats(table: pa.Table, names: list[str | None], records: int) -> np.ndarray:
     """Row ``r * len(names) + i`` holds record r's value of column ``names[i]``."""
-    by_column = np.empty((len(names), records))
-    for index, name in enumerate(names):
-        by_column[index] = np.nan if name is None else _float_array(table.column(name))
+    columns = [table.column(name) if name is not None else None for name in names]
+    present = [column for column in columns if column is not None]
+    lengths = [len(chunk) for chunk in present[0].chunks] if present else [records]
+    if any([len(chunk) for chunk in column.chunks] != lengths for column in present):
+        columns = [pa.chunked_array([column.combine_chunks()]) if column is not None else None
+                   for column in columns]
+        lengths = [records]
     out = np.empty((records, len(names)))
-    # Transposed in blocks that stay in the CPU cache: several times faster than strided
-    # writes of whole columns.
-    for start in range(0, records, _TRANSPOSE_BLOCK):
-        out[start:start + _TRANSPOSE_BLOCK] = by_column[:, start:start + _TRANSPOSE_BLOCK].T
+    start = 0
+    # One Arrow block at a time, all columns side by side: the rows are written whole and
+    # stay in the CPU cache, several times faster than strided writes of whole columns.
+    for index, length in enumerate(lengths):
+        out[start:start + length] = np.stack(
+            [column.chunk(index).to_numpy(zero_copy_only=False) if column is not None
+             else np.full(length, np.nan) for column in columns], axis=1)
+        start += length
     return out.ravel()
 
 

@@ -1,11 +1,12 @@
-"""``mlbench perflogs summary|regressions|dashboard PATH...``
+"""``mlbench perflogs summary|regressions|dashboard|references PATH...``
 
 :func:`register` adds the subcommand to the ``mlbench`` parser; each action sets
 ``func(args) -> exit code``. Run standalone as ``python -m perflogs_parsers.cli perflogs ...``.
 
 Exit codes: 0 fine; 1 ``regressions`` found a failed, regressed or out-of-bounds latest run;
 2 bad input (a path that does not exist, no perflog files, no measurement left after the
-filters, a malformed option value).
+filters, a malformed option value, an output file in a folder that does not exist), with a
+one-line message. Every output path is checked before any perflog is read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from benchmarks.core.errors import EXIT_BAD_INPUT, BenchmarkError, ConfigError, InputError
+from perflogs_parsers.errors import EXIT_BAD_INPUT, PerflogError
+from perflogs_parsers.files import check_output_path
 from perflogs_parsers.rules import HIGHER, LOWER, Settings
 
 if TYPE_CHECKING:
@@ -30,13 +32,14 @@ _UNITS = {'h': 'hours', 'd': 'days', 'w': 'weeks'}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``perflogs`` with its ``summary``, ``regressions`` and ``dashboard`` actions."""
+    """Add ``perflogs`` with its ``summary``, ``regressions``, ``dashboard`` and
+    ``references`` actions."""
     perflogs = subparsers.add_parser(
-        'perflogs', help='read ReFrame perflogs: summary, regressions, dashboard',
+        'perflogs', help='read ReFrame perflogs: summary, regressions, dashboard, references',
         description='Read ReFrame perflogs (files or perflogs/<system>/<partition>/ trees, '
                     'any format, rotated .log.hN included).')
     actions = perflogs.add_subparsers(dest='perflogs_action', required=True,
-                                      metavar='{summary,regressions,dashboard}')
+                                      metavar='{summary,regressions,dashboard,references}')
 
     selection = argparse.ArgumentParser(add_help=False)
     selection.add_argument('paths', nargs='+', metavar='PATH',
@@ -53,21 +56,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument('--format', choices=('table', 'csv', 'json'), default='table',
                         help='output format (default: table)')
 
-    judging = argparse.ArgumentParser(add_help=False)
+    band = argparse.ArgumentParser(add_help=False)
     defaults = Settings()
-    judging.add_argument('--window', type=int, default=defaults.window,
-                         help=f'earlier runs in the baseline (default: {defaults.window})')
+    band.add_argument('--window', type=int, default=defaults.window,
+                      help=f'latest runs in the baseline (default: {defaults.window})')
+    band.add_argument('--mad-k', type=float, default=defaults.mad_k,
+                      help='noise band half width in robust standard deviations '
+                           f'(default: {defaults.mad_k})')
+    band.add_argument('--min-change', type=float, default=defaults.min_change,
+                      help='narrowest noise band, relative to the baseline '
+                           f'(default: {defaults.min_change})')
+    band.add_argument('--direction', action='append', default=[], metavar='VAR=higher|lower',
+                      help='which way a variable improves, when its unit does not tell')
+    judging = argparse.ArgumentParser(add_help=False, parents=[band])
     judging.add_argument('--min-samples', type=int, default=defaults.min_samples,
                          help='earlier runs needed for a verdict from history '
                               f'(default: {defaults.min_samples})')
-    judging.add_argument('--mad-k', type=float, default=defaults.mad_k,
-                         help='noise band half width in robust standard deviations '
-                              f'(default: {defaults.mad_k})')
-    judging.add_argument('--min-change', type=float, default=defaults.min_change,
-                         help='narrowest noise band, relative to the baseline '
-                              f'(default: {defaults.min_change})')
-    judging.add_argument('--direction', action='append', default=[], metavar='VAR=higher|lower',
-                         help='which way a variable improves, when its unit does not tell')
 
     summary = actions.add_parser('summary', parents=[selection, output],
                                  help='runs, failures and values per variant and variable')
@@ -87,13 +91,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dashboard.add_argument('--title', default='Perflog dashboard', help='page title')
     dashboard.set_defaults(func=_guarded(run_dashboard))
 
+    references = actions.add_parser(
+        'references', parents=[selection, band],
+        help='ReFrame external references (YAML) from the history of passed runs',
+        description='Write a ReFrame 4.10 external-references file: per test class, '
+                    'system:partition, device, num_nodes and scale, the median of the latest '
+                    'passed runs with the settings of the most recent run, and a band of '
+                    '--mad-k robust standard deviations (at least --min-change) on the bad '
+                    'side. Tests read it with reference = {"$ref": FILE} under '
+                    'RFM_REFERENCE_PREFIX.')
+    references.add_argument('-o', '--output', metavar='FILE',
+                            help='YAML file to write (default: standard output)')
+    references.add_argument('--min-runs', type=int, default=5,
+                            help='passed runs a reference needs (default: 5)')
+    references.set_defaults(func=_guarded(run_references))
+
 
 def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn a bad path or option into a one-line message and exit code 2."""
     def run(args: argparse.Namespace) -> int:
         try:
             return action(args)
-        except BenchmarkError as err:
+        except PerflogError as err:
             print(f'mlbench perflogs: error: {err}', file=sys.stderr)
             return EXIT_BAD_INPUT
     run.__doc__ = action.__doc__
@@ -101,9 +120,12 @@ def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    """Print one line per variant and variable: runs, failures, latest and median value."""
-    from perflogs_parsers.reader import export_frame
+    """Print one line per history and variable: runs, failures, latest and median value."""
+    from perflogs_parsers.reader import EXPORT_SUFFIXES, export_frame
+    from perflogs_parsers.summary import summarize
 
+    if args.export:
+        check_output_path(args.export, EXPORT_SUFFIXES)
     frame = _load(args)
     if args.export:
         export_frame(frame, args.export)
@@ -125,6 +147,8 @@ def _readable(result: pd.DataFrame) -> pd.DataFrame:
     """The columns a person reads first; csv and json keep every column."""
     import pandas as pd
 
+    from perflogs_parsers.regressions import settings_label
+
     def with_unit(values: pd.Series) -> pd.Series:
         text = values.map('{:.6g}'.format).str.cat(result['unit'].astype(str), sep=' ')
         return text.where(values.notna(), '-')
@@ -134,6 +158,7 @@ def _readable(result: pd.DataFrame) -> pd.DataFrame:
         'where': result['system'].astype(str) + ':' + result['partition'].astype(str),
         'environ': result['environ'],
         'variant': result['display_name'],
+        'settings': settings_label(result),
         'variable': result['variable'],
         'latest': with_unit(result['value']),
         'baseline': with_unit(result['baseline']),
@@ -145,24 +170,40 @@ def run_dashboard(args: argparse.Namespace) -> int:
     """Write the HTML dashboard."""
     from perflogs_parsers.dashboard import write_dashboard
 
+    check_output_path(args.output)
+    settings = _settings(args)
     frame = _load(args)
-    path = write_dashboard(frame, args.output, settings=_settings(args), title=args.title,
+    path = write_dashboard(frame, args.output, settings=settings, title=args.title,
                            sources=sorted(frame['file'].dropna().unique().astype(str)))
     print(f'wrote {path}', file=sys.stderr)
     return 0
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs, failed runs, time span and value statistics per variant and variable."""
-    keys = ['system', 'partition', 'environ', 'display_name', 'variable']
-    ordered = frame.sort_values('timestamp', kind='stable')
-    groups = ordered.groupby(keys, observed=True, dropna=False, sort=True)
-    table = groups.agg(unit=('unit', 'last'), runs=('value', 'size'),
-                       failed=('value', lambda values: int(values.isna().sum())),
-                       first=('timestamp', 'min'), last=('timestamp', 'max'),
-                       latest=('value', 'last'), median=('value', 'median'),
-                       min=('value', 'min'), max=('value', 'max'))
-    return table.reset_index()
+def run_references(args: argparse.Namespace) -> int:
+    """Write the references YAML (to stdout without ``-o``); notes go to stderr."""
+    from perflogs_parsers import references
+
+    if args.output:
+        check_output_path(args.output)
+    if args.min_runs < 1:
+        raise PerflogError('--min-runs must be at least 1')
+    settings = _settings(args)
+    frame = _load(args)
+    document, notes = references.build_references(frame, settings, args.min_runs)
+    _report_problems(notes, kind='note')
+    if not document:
+        raise PerflogError('no variant has enough passed runs for a reference '
+                           f'(--min-runs {args.min_runs})')
+    sources = sorted(frame['file'].dropna().unique().astype(str))
+    text = references.render_references(document, sources=sources, settings=settings,
+                                        min_runs=args.min_runs)
+    if args.output:
+        references.write_references(text, args.output)
+        print(f'wrote references for {len(document)} test classes to {args.output}',
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _load(args: argparse.Namespace) -> pd.DataFrame:
@@ -172,15 +213,15 @@ def _load(args: argparse.Namespace) -> pd.DataFrame:
     _report_problems(report.messages())
     selected = select(frame, systems=args.system, test=args.test, since=args.since)
     if selected.empty:
-        raise InputError('no measurements in ' + ', '.join(args.paths)
+        raise PerflogError('no measurements in ' + ', '.join(args.paths)
                          + ' match the --system/--test/--since filters' if len(frame)
                          else 'no measurements in ' + ', '.join(args.paths))
     return selected
 
 
-def _report_problems(messages: list[str]) -> None:
+def _report_problems(messages: list[str], kind: str = 'warning') -> None:
     for message in messages[:_MAX_REPORTED_LINES]:
-        print(f'mlbench perflogs: warning: {message}', file=sys.stderr)
+        print(f'mlbench perflogs: {kind}: {message}', file=sys.stderr)
     if len(messages) > _MAX_REPORTED_LINES:
         print(f'mlbench perflogs: warning: ... and {len(messages) - _MAX_REPORTED_LINES} '
               'more lines or files skipped', file=sys.stderr)
@@ -200,7 +241,7 @@ def select(frame: pd.DataFrame, *, systems: list[str] | None = None, test: str |
         try:
             pattern = re.compile(test)
         except re.error as err:
-            raise ConfigError(f'--test: not a regular expression: {test!r} ({err})') from None
+            raise PerflogError(f'--test: not a regular expression: {test!r} ({err})') from None
         names = frame['display_name'].astype(str)
         matches = {name: bool(pattern.search(name)) for name in names.unique()}
         keep &= names.map(matches).astype(bool)
@@ -221,7 +262,8 @@ def parse_since(text: str, now: datetime | None = None) -> pd.Timestamp:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ConfigError(f'--since: expected an ISO date/time or e.g. 30d, got {text!r}') from None
+        raise PerflogError(
+            f'--since: expected an ISO date/time or e.g. 30d, got {text!r}') from None
     return pd.Timestamp(moment.astimezone(timezone.utc))
 
 
@@ -245,14 +287,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     for item in args.direction:
         name, _, better = item.partition('=')
         if not name or better not in (HIGHER, LOWER):
-            raise ConfigError(f'--direction: expected VAR=higher or VAR=lower, got {item!r}')
+            raise PerflogError(f'--direction: expected VAR=higher or VAR=lower, got {item!r}')
         directions[name] = better
-    if args.window < 1 or args.min_samples < 1 or args.mad_k <= 0 or args.min_change < 0:
-        raise ConfigError('--window and --min-samples must be at least 1, --mad-k positive, '
+    # ``references`` has no --min-samples: it needs --min-runs passed runs instead.
+    min_samples = getattr(args, 'min_samples', Settings().min_samples)
+    if args.window < 1 or min_samples < 1 or args.mad_k <= 0 or args.min_change < 0:
+        raise PerflogError('--window and --min-samples must be at least 1, --mad-k positive, '
                           '--min-change not negative')
-    return Settings(window=args.window, min_samples=args.min_samples,
-                            mad_k=args.mad_k, min_change=args.min_change,
-                            directions=directions)
+    return Settings(window=args.window, min_samples=min_samples, mad_k=args.mad_k,
+                    min_change=args.min_change, directions=directions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,11 @@
 
 Per benchmark (test class) it shows
 
-* a time series per performance variable with one line per variant (system:partition,
-  environ, parameters), the variant's reference band shaded, and the latest run circled when
-  :mod:`perflogs_parsers.regressions` calls it a regression (red) or an improvement (green);
+* a time series per performance variable (energy and power included) with one line per
+  history (system:partition, environ, parameters and the settings that differ), the
+  reference band shaded, and the latest run circled when :mod:`perflogs_parsers.regressions`
+  calls it a regression (red) or an improvement (green); hovering a point shows its run's
+  settings and environment (torch, CUDA, driver...), so a driver change is visible;
 * a scaling view: throughput and parallel efficiency against ``num_nodes``, one line per
   system:partition, device and scale, from the median of each variant's latest runs.
 
@@ -27,8 +29,9 @@ import plotly.offline
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from perflogs_parsers.regressions import PROBLEMS, find_regressions
-from perflogs_parsers.rules import Settings, reference_bounds
+from perflogs_parsers.formats import ENVIRONMENT_COLUMNS, PERFORMANCE_VARIABLES, SETTINGS_COLUMNS
+from perflogs_parsers.regressions import PROBLEMS, find_regressions, settings_label
+from perflogs_parsers.rules import Settings, history_keys, reference_bounds
 
 #: Runs per variant drawn in a time series; older ones are summarised in a note.
 MAX_RUNS_PER_VARIANT = 1000
@@ -40,7 +43,6 @@ _LOG_SPAN = 20
 _OPEN_TABLE_ROWS = 12
 _PALETTE = qualitative.Plotly + qualitative.D3
 _HIGHLIGHT = {'regression': '#d62728', 'out of bounds': '#d62728', 'improvement': '#2ca02c'}
-_VERDICT_KEY = ['system', 'partition', 'environ', 'display_name', 'variable']
 _PLOT_CONFIG = {'displaylogo': False, 'responsive': True}
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -154,12 +156,36 @@ def _parameters(frame: pd.DataFrame) -> list[str]:
     return columns[columns.index('display_name') + 1:columns.index('variable')]
 
 
+def _variables(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Variables with at least one value, this project's in their order first, and those
+    that never had a value."""
+    measured = set(runs.loc[runs['value'].notna(), 'variable'].dropna().astype(str))
+    logged = [str(var) for var in runs['variable'].dropna().unique()]
+    known = [var for var in PERFORMANCE_VARIABLES if var in logged]
+    ordered = known + sorted(var for var in logged if var not in known)
+    return ([var for var in ordered if var in measured],
+            [var for var in ordered if var not in measured])
+
+
+def _point_details(series: pd.DataFrame) -> pd.Series:
+    """Per run: its settings and environment, one ``name=value`` per known column."""
+    details = pd.Series('', index=series.index, dtype=object)
+    for name in (*SETTINGS_COLUMNS, *ENVIRONMENT_COLUMNS):
+        if name in series.columns:
+            values = series[name].astype(object)
+            known = values.notna()
+            details[known] += '<br>' + name + '=' + values[known].astype(str).map(html.escape)
+    return details
+
+
 def _time_series(runs: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[go.Figure | None, str]:
-    variables = list(runs['variable'].dropna().unique())
+    variables, never_measured = _variables(runs)
+    unmeasured = (f'No values logged for {", ".join(never_measured)}.'
+                  if never_measured else '')
     if not variables:
-        return None, ''
+        return None, unmeasured
     parameters = [p for p in _parameters(runs) if runs[p].notna().any()]
-    keys = _VERDICT_KEY[:-1]
+    keys = history_keys(runs.columns)
     units = runs.groupby('variable', observed=True)['unit'].first()
     figure = make_subplots(
         rows=len(variables), cols=1, shared_xaxes=True, vertical_spacing=0.06,
@@ -167,9 +193,12 @@ def _time_series(runs: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[go.Figure 
     highlights = _highlights(verdicts)
     truncated = 0
     variants = runs.groupby(keys, observed=True, dropna=False, sort=True)
+    distinct = settings_label(variants.head(1))
     for index, (key, variant) in enumerate(variants):
         color = _PALETTE[index % len(_PALETTE)]
-        label = html.escape(_variant_label(variant.iloc[0], parameters))
+        first = variant.iloc[0]
+        label = html.escape(f'{_variant_label(first, parameters)} '
+                            f'{distinct.get(first.name, "")}'.strip())
         for row, variable in enumerate(variables, start=1):
             series = variant[variant['variable'] == variable].sort_values('timestamp')
             truncated = max(truncated, len(series) - MAX_RUNS_PER_VARIANT)
@@ -180,8 +209,8 @@ def _time_series(runs: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[go.Figure 
             figure.add_trace(go.Scatter(
                 x=series['timestamp'], y=series['value'], mode='lines+markers', name=label,
                 legendgroup=label, showlegend=row == 1, line={'color': color},
-                marker={'size': 5}, text=[label] * len(series),
-                hovertemplate='%{text}<br>%{x}<br>%{y:.4g}<extra></extra>'), row=row, col=1)
+                marker={'size': 5}, text=label + _point_details(series),
+                hovertemplate='%{x}<br>%{y:.4g}<br>%{text}<extra></extra>'), row=row, col=1)
             _add_highlight(figure, highlights.get((*map(str, key), str(variable))), row, label)
     for row, variable in enumerate(variables, start=1):
         values = runs.loc[runs['variable'] == variable, 'value'].dropna()
@@ -191,9 +220,9 @@ def _time_series(runs: pd.DataFrame, verdicts: pd.DataFrame) -> tuple[go.Figure 
     height = 260 * len(variables) + 120
     figure.update_layout(height=height, margin={'t': 60, 'b': 40}, hovermode='closest',
                          legend={'orientation': 'h', 'y': -0.08})
-    note = (f'Only the latest {MAX_RUNS_PER_VARIANT} runs of each variant are drawn.'
-            if truncated > 0 else '')
-    return figure, note
+    note = (f'Only the latest {MAX_RUNS_PER_VARIANT} runs of each history are drawn. '
+            if truncated > 0 else '') + unmeasured
+    return figure, note.strip()
 
 
 def _add_reference_band(figure: go.Figure, series: pd.DataFrame, row: int, color: str,
@@ -228,9 +257,10 @@ def _transparent(color: str) -> str:
 
 
 def _highlights(verdicts: pd.DataFrame) -> dict[tuple, dict]:
-    """Verdicts that get a circle, keyed by (system, partition, environ, display_name, var)."""
+    """Verdicts that get a circle, keyed by their history keys and variable."""
     marked = verdicts[verdicts['status'].isin(_HIGHLIGHT) & verdicts['value'].notna()]
-    return {tuple(str(verdict[name]) for name in _VERDICT_KEY): verdict
+    keys = [*history_keys(verdicts.columns), 'variable']
+    return {tuple(str(verdict[name]) for name in keys): verdict
             for verdict in marked.to_dict('records')}
 
 

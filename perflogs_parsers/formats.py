@@ -71,20 +71,29 @@ PERFLOG_LEADING_COLUMNS = RUN_COLUMNS + SETTINGS_COLUMNS + ENVIRONMENT_COLUMNS
 #: Column suffixes written for every performance variable, in order.
 PERFVAR_SUFFIXES = ('value', 'unit', 'ref', 'lower_thres', 'upper_thres')
 
-#: Performance variables of every benchmark class and their units. ``epochs_to_target`` is
-#: counted in samples where the benchmark's MLPerf rules count samples (its unit says which).
-PERFORMANCE_VARIABLES = {
-    'time_to_target': 's',
-    'throughput': 'samples/s',
-    'throughput_per_device': 'samples/s',
-    'epoch_time': 's',
-    'epochs_to_target': 'epochs',
-    'staging_time': 's',
-    'energy_to_target': 'J',
-    'energy_per_sample': 'J/sample',
-    'average_power': 'W',
-    'slurm_energy': 'J',
+HIGHER = 'higher'
+LOWER = 'lower'
+
+#: Performance variables of every benchmark class: unit, and which way is better. The one
+#: table of both; :data:`PERFORMANCE_VARIABLES` and ``rules.DIRECTIONS`` are read from it.
+#: ``epochs_to_target`` is counted in samples where the benchmark's MLPerf rules count
+#: samples (its unit says which). Lower power is better: the energy to reach the target
+#: says whether a faster, hungrier run paid off.
+PERFORMANCE_VARIABLE_TABLE = {
+    'time_to_target': ('s', LOWER),
+    'throughput': ('samples/s', HIGHER),
+    'throughput_per_device': ('samples/s', HIGHER),
+    'epoch_time': ('s', LOWER),
+    'epochs_to_target': ('epochs', LOWER),
+    'staging_time': ('s', LOWER),
+    'energy_to_target': ('J', LOWER),
+    'energy_per_sample': ('J/sample', LOWER),
+    'average_power': ('W', LOWER),
+    'slurm_energy': ('J', LOWER),
 }
+
+#: Unit of each performance variable, in the order every benchmark class defines them.
+PERFORMANCE_VARIABLES = {var: unit for var, (unit, _) in PERFORMANCE_VARIABLE_TABLE.items()}
 
 
 def _placeholder(column: str) -> str:

@@ -1,6 +1,9 @@
-"""Find performance regressions: the latest run of each test variant against its history.
+"""Find performance regressions: the latest run of each history against the runs before it.
 
-For each (system, partition, environ, test variant, variable) the latest run is compared with
+A history is one test variant under one set of settings (:func:`~perflogs_parsers.rules.
+history_keys`: system, partition, environ, display name and the settings columns), so two
+batch sizes of one variant never judge each other. For each history and variable the latest
+run is compared with
 
 * the **reference** ReFrame logged with it: ``ref * (1 + lower_thres)`` .. ``ref * (1 +
   upper_thres)`` (absolute thresholds when ``ref`` is 0, as in ReFrame 4.8+), and
@@ -10,8 +13,12 @@ For each (system, partition, environ, test variant, variable) the latest run is 
   needed for a verdict.
 
 Whether a change is good or bad depends on the variable: higher is better for rates (units
-ending in ``/s``), lower is better for times (``s``, ``ms``...); :data:`DIRECTIONS` names this
-project's variables and callers may add their own.
+ending in ``/s``), lower is better for times (``s``, ``ms``...); ``rules.DIRECTIONS`` names
+this project's variables and callers may add their own.
+
+When the latest run's environment (torch, CUDA, driver... the environment columns) differs
+from that of earlier runs of its baseline, ``why`` says which column changed, so a driver
+upgrade that coincides with a slowdown is visible at once.
 """
 
 from __future__ import annotations
@@ -21,55 +28,77 @@ import math
 import numpy as np
 import pandas as pd
 
-from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of, reference_bounds
+from perflogs_parsers.formats import ENVIRONMENT_COLUMNS, SETTINGS_COLUMNS
+from perflogs_parsers.rules import (
+    HIGHER,
+    LOWER,
+    VARIANT_KEYS,
+    Settings,
+    direction_of,
+    history_keys,
+    reference_bounds,
+)
 
 _MAD_TO_SIGMA = 1.4826
 
 #: Statuses, worst first; the first three make :func:`exit_code` non-zero.
 STATUSES = ('failed', 'regression', 'out of bounds', 'improvement', 'changed', 'new', 'ok')
 PROBLEMS = frozenset(STATUSES[:3])
-VARIANT_KEYS = ['system', 'partition', 'environ', 'display_name', 'variable']
 #: Columns of :func:`find_regressions`' table.
+#: Columns of :func:`find_regressions`' table; the settings columns of the frame follow
+#: ``display_name``.
 RESULT_COLUMNS = ['system', 'partition', 'environ', 'test', 'display_name', 'variable', 'unit',
                   'better', 'time', 'value', 'runs', 'baseline', 'band', 'change',
                   'reference', 'lower_bound', 'upper_bound', 'status', 'why']
 
 
 def find_regressions(frame: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
-    """One row per variant and variable: the latest run, its baseline and a status.
+    """One row per history and variable: the latest run, its baseline and a status.
 
-    Columns: :data:`RESULT_COLUMNS`; ``band`` is the half width of the noise band and
-    ``change`` the latest value relative to the baseline. Worst statuses come first.
+    Columns: :data:`RESULT_COLUMNS` and the settings columns; ``band`` is the half width of
+    the noise band and ``change`` the latest value relative to the baseline. Worst statuses
+    come first.
     """
     settings = settings or Settings()
     if frame.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
 
-    variant = _variant_ids(frame)
+    keys = history_keys(frame.columns)
+    settings_columns = keys[len(VARIANT_KEYS):]
+    history = _ids(frame, [*keys, 'variable'])
     times = frame['timestamp'].to_numpy(dtype='datetime64[ns]').view(np.int64)
-    # Rows of each variant together, oldest first: the last row of each variant is its latest.
-    order = np.lexsort((times, variant))
-    ends = np.flatnonzero(np.diff(variant[order], append=variant.max() + 1)) + 1
+    # Rows of each history together, oldest first: the last row of each is its latest.
+    order = np.lexsort((times, history))
+    ends = np.flatnonzero(np.diff(history[order], append=history.max() + 1)) + 1
     starts = np.concatenate(([0], ends[:-1]))
     values = frame['value'].to_numpy(dtype=np.float64)[order]
     latest = frame.iloc[order[ends - 1]].to_dict('records')
+    environment = _Environment(frame, order)
 
     rows = []
     for row, start, end in zip(latest, starts, ends, strict=True):
-        previous = values[start:end - 1]
-        rows.append(_judge(row, previous[~np.isnan(previous)], settings))
-    result = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+        earlier = np.arange(start, end - 1)
+        earlier = earlier[~np.isnan(values[earlier])][-settings.window:]
+        verdict = _judge(row, values[earlier], settings)
+        verdict.update((name, row[name]) for name in settings_columns)
+        change = environment.change(end - 1, earlier)
+        if change:
+            verdict['why'] = f'{verdict["why"]}; {change}'
+        rows.append(verdict)
+    at = RESULT_COLUMNS.index('display_name') + 1
+    result = pd.DataFrame(rows, columns=[*RESULT_COLUMNS[:at], *settings_columns,
+                                         *RESULT_COLUMNS[at:]])
     rank = result['status'].map({status: index for index, status in enumerate(STATUSES)})
     order = np.lexsort((result['variable'].astype(str), result['display_name'].astype(str),
                         result['partition'].astype(str), result['system'].astype(str), rank))
     return result.iloc[order].reset_index(drop=True)
 
 
-def _variant_ids(frame: pd.DataFrame) -> np.ndarray:
-    """Integer id per distinct combination of :data:`VARIANT_KEYS` (missing values count)."""
+def _ids(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Integer id per distinct combination of ``keys`` (missing values count)."""
     key = np.zeros(len(frame), dtype=np.int64)
     span = 1
-    for name in VARIANT_KEYS:
+    for name in keys:
         codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
         if span * (len(uniques) + 1) >= 2**62:
             key = np.unique(key, return_inverse=True)[1].astype(np.int64)
@@ -79,8 +108,35 @@ def _variant_ids(frame: pd.DataFrame) -> np.ndarray:
     return key
 
 
+class _Environment:
+    """The environment columns of a frame in the order of its sorted rows, as codes."""
+
+    def __init__(self, frame: pd.DataFrame, order: np.ndarray) -> None:
+        self.columns = {}
+        for name in ENVIRONMENT_COLUMNS:
+            if name in frame.columns:
+                codes, names = pd.factorize(frame[name], use_na_sentinel=True)
+                self.columns[name] = (codes[order], np.asarray(names, dtype=object))
+
+    def change(self, latest: int, earlier: np.ndarray) -> str:
+        """``environment changed: torch_version 2.13.0 -> 2.14.1 (vs 20 of 20 earlier runs)``
+        or '' when every column known in the latest and an earlier run agrees."""
+        changes, differing = [], np.zeros(len(earlier), dtype=bool)
+        for name, (codes, names) in self.columns.items():
+            now, before = codes[latest], codes[earlier]
+            other = (before != now) & (before >= 0)
+            if now < 0 or not other.any():
+                continue
+            differing |= other
+            previous = names[np.bincount(before[other]).argmax()]
+            changes.append(f'{name} {previous} -> {names[now]}')
+        if not changes:
+            return ''
+        return (f'environment changed: {", ".join(changes)} (vs {int(differing.sum())} of '
+                f'{len(earlier)} earlier runs)')
+
+
 def _judge(latest: dict, previous: np.ndarray, settings: Settings) -> dict:
-    previous = previous[-settings.window:]
     value = float(latest['value'])
     better = direction_of(str(latest['variable']), _text(latest.get('unit')),
                           settings.directions)
@@ -160,6 +216,17 @@ def _text(value) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return str(value)
+
+
+def settings_label(rows: pd.DataFrame) -> pd.Series:
+    """Per row, the settings that tell its history from the others in ``rows``
+    (``batch_size=512``), '' where all rows share them."""
+    parts = [name + '=' + rows[name].astype(object).astype(str)
+             for name in SETTINGS_COLUMNS
+             if name in rows.columns and rows[name].astype(object).nunique(dropna=False) > 1]
+    if not parts:
+        return pd.Series('', index=rows.index, dtype=object)
+    return pd.concat(parts, axis=1).agg(' '.join, axis=1)
 
 
 def exit_code(result: pd.DataFrame) -> int:

@@ -9,22 +9,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-HIGHER = 'higher'
-LOWER = 'lower'
+from perflogs_parsers.formats import HIGHER, LOWER, PERFORMANCE_VARIABLE_TABLE, SETTINGS_COLUMNS
+
+__all__ = ['DIRECTIONS', 'HIGHER', 'LOWER', 'VARIANT_KEYS', 'Settings', 'direction_of',
+           'history_keys', 'reference_bounds']
 
 #: Direction of improvement of this project's performance variables.
-DIRECTIONS = {
-    'time_to_target': LOWER,
-    'epoch_time': LOWER,
-    'throughput': HIGHER,
-    'throughput_per_device': HIGHER,
-    'epochs_to_target': LOWER,
-    'staging_time': LOWER,
-    'energy_to_target': LOWER,
-    'energy_per_sample': LOWER,
-    'average_power': LOWER,
-    'slurm_energy': LOWER,
-}
+DIRECTIONS = {var: better for var, (_, better) in PERFORMANCE_VARIABLE_TABLE.items()}
+
+#: Columns that name one test variant; with ``variable`` they name one series of values.
+VARIANT_KEYS = ('system', 'partition', 'environ', 'display_name')
+
+
+def history_keys(columns) -> list[str]:
+    """The variant keys plus the settings columns a frame has: runs compare only with runs of
+    the same history, so two batch sizes of one variant are two histories. A settings column
+    a perflog does not have is unknown, and unknown is a value of its own."""
+    return [*VARIANT_KEYS, *(name for name in SETTINGS_COLUMNS if name in columns)]
+
+
 _TIME_UNITS = {'s', 'sec', 'secs', 'second', 'seconds', 'ms', 'us', 'ns', 'min', 'mins',
                'minute', 'minutes', 'h', 'hour', 'hours'}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,23 @@ def test_dashboard_renders_in_headless_chromium(dashboard, tmp_path):
     elements = re.sub(r'<script\b[^>]*>.*?</script>', '', dom, flags=re.S)
     assert not re.search(r'<img|<script|\sonerror=', elements)
     assert "tag=&lt;img/src=x/onerror=console.error('xss-image')&gt;" in elements
+
+
+def test_energy_panels_and_the_environment_of_each_point(tmp_path):
+    # Ten runs per variant, then two after a driver upgrade: hovering shows both drivers.
+    before = list(perflog_lines(16 * 10, seed=6))
+    later = datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(days=3)
+    after = list(perflog_lines(16 * 2, seed=7, start=later,
+                               environment={'gpu_driver': '590.10.01'}))
+    path = tmp_path / 'cluster' / 'gpu' / 'resnet50_train.log'
+    path.parent.mkdir(parents=True)
+    path.write_text('\n'.join(before + after[1:]) + '\n')
+    frame, _ = read_perflogs(path)
+    # Plotly's JSON writes < > / & as \uXXXX.
+    page = re.sub(r'\\u([0-9a-fA-F]{4})', lambda m: chr(int(m[1], 16)), render_dashboard(frame))
+
+    for title in ('energy_to_target (J)', 'energy_per_sample (J/sample)', 'average_power (W)'):
+        assert title in page
+    assert 'No values logged for slurm_energy.' in page
+    assert 'gpu_driver=580.65.06' in page and 'gpu_driver=590.10.01' in page
+    assert 'batch_size=256' in page and 'torch_version=2.14.1' in page

@@ -13,6 +13,7 @@ import pytest
 import reframe
 
 from perflogs_parsers import formats
+from perflogs_parsers.rules import DIRECTIONS
 
 PLACEHOLDER = re.compile(r'%\((\w+)\)s')
 
@@ -40,7 +41,11 @@ def test_header_has_five_columns_per_variable():
         'epoch_time_lower_thres', 'epoch_time_upper_thres']
     assert formats.PERFORMANCE_VARIABLES == {
         'time_to_target': 's', 'throughput': 'samples/s', 'throughput_per_device': 'samples/s',
-        'epoch_time': 's'}
+        'epoch_time': 's', 'epochs_to_target': 'epochs', 'staging_time': 's',
+        'energy_to_target': 'J', 'energy_per_sample': 'J/sample', 'average_power': 'W',
+        'slurm_energy': 'J'}
+    assert set(DIRECTIONS) == set(formats.PERFORMANCE_VARIABLES)
+    assert DIRECTIONS['throughput'] == 'higher' and DIRECTIONS['energy_to_target'] == 'lower'
 
 
 def reframe_schema() -> dict:

@@ -7,28 +7,38 @@ rarely writes but a reader meets in the wild (truncated lines, edited files, tim
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.core.errors import InputError
-from perflogs_parsers.formats import PERFORMANCE_VARIABLES, perflog_header
+from perflogs_parsers.errors import PerflogError
+from perflogs_parsers.formats import PERFLOG_LEADING_COLUMNS, PERFORMANCE_VARIABLES, perflog_header
 from perflogs_parsers.reader import export_frame, find_perflog_files, read_perflogs
 from perflogs_parsers.synthetic import write_perflog
 
-HEADER = perflog_header(list(PERFORMANCE_VARIABLES))
-VARIABLES = list(PERFORMANCE_VARIABLES)
+# Four of the project's variables keep the lines short; the reader reads any number.
+VARIABLES = ['time_to_target', 'throughput', 'throughput_per_device', 'epoch_time']
+HEADER = perflog_header(VARIABLES)
+FIELDS = len(HEADER.split('|'))
 
 
 def line(when: str = '2025-03-01T10:00:00+01:00', nodes: int = 1, values=(10, 100, 25, 1),
          result: str = 'pass', display: str | None = None) -> str:
     """One record in this project's format."""
     display = display or f'bench %num_nodes={nodes} %device=gpu %scale=smoke'
-    leading = [when, 'sys', 'part', 'env', display, result, 'null', str(nodes), 'gpu', 'smoke',
-               'srun', str(4 * nodes), '1234', 'nid001', '4.10.4']
+    values_of = {'job_completion_time': when, 'system': 'sys', 'partition': 'part',
+                 'environ': 'env', 'display_name': display, 'result': result,
+                 'fail_phase': 'null', 'num_nodes': str(nodes), 'device': 'gpu',
+                 'scale': 'smoke', 'num_tasks': str(4 * nodes), 'jobid': '1234',
+                 'job_nodelist': 'nid001', 'version': '4.10.4', 'launcher': 'srun',
+                 'batch_size': '64', 'num_ranks': str(4 * nodes), 'torch_version': '2.14.1'}
+    leading = [values_of.get(name, 'null') for name in PERFLOG_LEADING_COLUMNS]
     perf = []
     for var, value in zip(VARIABLES, values, strict=True):
         perf += [str(value), PERFORMANCE_VARIABLES[var], '0', 'None', 'None']
@@ -59,12 +69,13 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path):
     frame, report = read_perflogs(path)
 
     assert [(bad.line, bad.reason) for bad in report.malformed] == [
-        (3, '28 fields where the header has 35'),
-        (5, '36 fields where the header has 35'),
+        (3, f'{FIELDS - 7} fields where the header has {FIELDS}'),
+        (5, f'{FIELDS + 1} fields where the header has {FIELDS}'),
         (6, "throughput_value: not a number: 'abc'"),
         (7, "job_completion_time: not an ISO 8601 time: 'yesterday'"),
     ]
-    assert str(report.malformed[0]) == f'{path}:3: 28 fields where the header has 35'
+    assert str(report.malformed[0]) == (
+        f'{path}:3: {FIELDS - 7} fields where the header has {FIELDS}')
     assert report.records == 4 and len(frame) == 16
     throughput = frame[frame['variable'] == 'throughput']['value'].tolist()
     assert throughput[:2] == [100.0, 110.0] and math.isnan(throughput[2])
@@ -112,10 +123,10 @@ def test_unreadable_files_are_skipped_with_a_reason(tmp_path):
 
 
 def test_missing_paths_and_folders_without_perflogs_are_input_errors(tmp_path):
-    with pytest.raises(InputError, match='not found'):
+    with pytest.raises(PerflogError, match='not found'):
         read_perflogs(tmp_path / 'nowhere')
     (tmp_path / 'notes.txt').write_text('x')
-    with pytest.raises(InputError, match='no perflog files'):
+    with pytest.raises(PerflogError, match='no perflog files'):
         read_perflogs(tmp_path)
 
 
@@ -194,20 +205,21 @@ def test_large_file_matches_a_plain_python_parse(tmp_path):
     # Several Arrow blocks, unique job ids and ~5 % failed runs.
     path = write_perflog(tmp_path / 'big.log', 12_000, seed=3)
     frame, report = read_perflogs(path)
-    assert report.malformed == [] and len(frame) == 12_000 * 4
+    variables = list(PERFORMANCE_VARIABLES)
+    assert report.malformed == [] and len(frame) == 12_000 * len(variables)
 
     lines = path.read_text().splitlines()
     header = lines[0].split('|')
     expected_values, expected_jobs = [], []
     for text in lines[1:]:
         fields = dict(zip(header, text.split('|'), strict=True))
-        for var in VARIABLES:
+        for var in variables:
             raw = fields[f'{var}_value']
             expected_values.append(math.nan if raw == 'None' else float(raw))
             expected_jobs.append(fields['jobid'])
     np.testing.assert_array_equal(frame['value'].to_numpy(), np.array(expected_values))
     assert frame['jobid'].astype(str).tolist() == expected_jobs
-    assert frame['variable'].astype(str).tolist() == VARIABLES * 12_000
+    assert frame['variable'].astype(str).tolist() == variables * 12_000
     assert frame['display_name'].nunique() == 16 and frame['num_nodes'].dtype == 'int64'
     assert frame['timestamp'].is_monotonic_increasing
 
@@ -222,5 +234,45 @@ def test_export_round_trips_through_parquet_and_csv(tmp_path):
     csv = pd.read_csv(tmp_path / 'out.csv')
     assert len(csv) == len(frame) and list(csv.columns) == list(frame.columns)
     np.testing.assert_array_equal(csv['value'].to_numpy(), frame['value'].to_numpy())
-    with pytest.raises(InputError, match='.csv or .parquet'):
+    with pytest.raises(PerflogError, match='.csv or .parquet'):
         export_frame(frame, tmp_path / 'out.xlsx')
+
+
+def test_repeated_runs_join_one_history(tmp_path):
+    # `reframe --repeat 2` adds `%.repeat_no=N` to the display name (ReFrame 4.10).
+    display = 'bench %num_nodes=1 %device=gpu %scale=smoke'
+    path = write(tmp_path / 'bench.log', HEADER, line(display=display),
+                 line(display=f'{display} %.repeat_no=0'),
+                 line(display=f'{display} %.repeat_no=1'))
+    frame, _ = read_perflogs(path)
+    assert frame['display_name'].astype(str).unique().tolist() == [display]
+    assert '.repeat_no' not in frame.columns and len(frame) == 3 * len(VARIABLES)
+
+
+@pytest.mark.parametrize('zone', ['Europe/Zurich', 'America/St_Johns', 'Australia/Lord_Howe'])
+def test_local_times_are_converted_as_python_converts_them(tmp_path, monkeypatch, zone):
+    # Times without offset (ReFrame's default datefmt) in bulk, across DST changes, in zones
+    # with half-hour offsets and a half-hour DST step: Arrow's path equals Python's.
+    monkeypatch.setenv('TZ', zone)
+    time.tzset()
+    try:
+        rng = np.random.default_rng(5)
+        seconds = np.sort(rng.integers(1_700_000_000, 1_800_000_000, 3000))
+        texts = [pd.Timestamp(int(s), unit='s').strftime('%Y-%m-%dT%H:%M:%S') for s in seconds]
+        path = write(tmp_path / 'bench.log', HEADER, *(line(when=text) for text in texts))
+        frame, report = read_perflogs(path)
+        expected = [pd.Timestamp(datetime.fromisoformat(text).astimezone(timezone.utc))
+                    for text in texts]
+    finally:
+        monkeypatch.delenv('TZ')
+        time.tzset()
+    assert report.malformed == []
+    assert frame['timestamp'].iloc[::len(VARIABLES)].tolist() == expected
+
+
+def test_the_package_does_not_import_benchmarks():
+    code = ('import sys, perflogs_parsers.cli, perflogs_parsers.reader, '
+            'perflogs_parsers.regressions, perflogs_parsers.references, '
+            'perflogs_parsers.dashboard, perflogs_parsers.summary; '
+            "sys.exit(int(any(m.split('.')[0] == 'benchmarks' for m in sys.modules)))")
+    assert subprocess.run([sys.executable, '-c', code], timeout=120).returncode == 0

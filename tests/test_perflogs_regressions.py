@@ -175,3 +175,55 @@ def test_reference_bounds_follow_reframe():
     assert low == 90.0 and math.isnan(high)
     assert reference_bounds(0.0, 5.0, 10.0) == (5.0, 10.0)       # absolute when ref is 0
     assert all(math.isnan(b) for b in reference_bounds(math.nan, -0.1, 0.1))
+
+
+def with_columns(frame: pd.DataFrame, start_day: int = 0, **columns) -> pd.DataFrame:
+    """``frame`` moved ``start_day`` days later, with extra (settings, environment) columns."""
+    frame = frame.assign(**columns)
+    frame['timestamp'] = frame['timestamp'] + pd.Timedelta(days=start_day)
+    return frame
+
+
+def test_two_batch_sizes_of_one_variant_are_two_histories():
+    rng = np.random.default_rng(11)
+    small = with_columns(history(noisy(rng, 15, 0.02, 1000.0)), batch_size='256')
+    # The larger batch is slower here, and its runs came later: one history would call its
+    # latest run a regression of the small batch's numbers.
+    large = with_columns(history(noisy(rng, 3, 0.02, 700.0)), start_day=20, batch_size='512')
+    result = find_regressions(pd.concat([small, large], ignore_index=True))
+
+    assert sorted(result['batch_size']) == ['256', '512']
+    by_batch = result.set_index('batch_size')
+    assert set(by_batch['status']) == {'ok', 'new'} and exit_code(result) == 0
+    assert by_batch.loc['256', 'baseline'] == pytest.approx(1000, rel=0.05)
+    assert by_batch.loc['512', 'baseline'] == pytest.approx(700, rel=0.05)
+    # The same runs without the settings column are one history and a false regression.
+    merged = find_regressions(pd.concat([small, large], ignore_index=True).drop(
+        columns='batch_size'))
+    assert only(merged)['status'] == 'regression'
+
+
+def test_a_regression_that_comes_with_a_driver_change_says_so():
+    rng = np.random.default_rng(12)
+    before = with_columns(history(noisy(rng, 20, 0.02)), gpu_driver='580.65.06',
+                          torch_version='2.14.1')
+    after = with_columns(history([750.0]), start_day=20, gpu_driver='590.10.01',
+                         torch_version='2.14.1')
+    verdict = only(find_regressions(pd.concat([before, after], ignore_index=True)))
+    assert verdict['status'] == 'regression'
+    assert verdict['why'].endswith(
+        'environment changed: gpu_driver 580.65.06 -> 590.10.01 (vs 20 of 20 earlier runs)')
+
+    same = with_columns(history([750.0]), start_day=20, gpu_driver='580.65.06',
+                        torch_version='2.14.1')
+    verdict = only(find_regressions(pd.concat([before, same], ignore_index=True)))
+    assert verdict['status'] == 'regression' and 'environment' not in verdict['why']
+
+
+def test_an_unknown_environment_is_no_change():
+    # Perflogs written before the environment columns existed read as unknown (NaN).
+    rng = np.random.default_rng(13)
+    old = with_columns(history(noisy(rng, 20, 0.02)), gpu_driver=None)
+    new = with_columns(history([1000.0]), start_day=20, gpu_driver='580.65.06')
+    verdict = only(find_regressions(pd.concat([old, new], ignore_index=True)))
+    assert verdict['status'] == 'ok' and 'environment' not in verdict['why']

@@ -36,7 +36,8 @@ from perflogs_parsers.formats import (
     PERFORMANCE_VARIABLES,
     perflog_header,
 )
-from perflogs_parsers.reader import NULL_TOKENS, read_perflogs
+from perflogs_parsers.parsing import NULL_TOKENS
+from perflogs_parsers.reader import read_perflogs
 
 HEADER = perflog_header(list(PERFORMANCE_VARIABLES))
 FIELDS = HEADER.count("|") + 1
@@ -94,10 +95,13 @@ class Row:
     values: tuple[tuple[float | None, str, float | None, float | None, float | None], ...]
 
     def fields(self, jobid: str) -> list[str]:
-        leading = [self.time.isoformat(timespec="seconds"), self.system, self.partition,
-                   self.environ, f"{self.test} %num_nodes=2 %device=cpu %scale=smoke",
-                   self.result, "null", "2", "cpu", "smoke", "srun", "2", jobid, self.nodelist,
-                   "4.10.4"]
+        known = {"job_completion_time": self.time.isoformat(timespec="seconds"),
+                 "system": self.system, "partition": self.partition, "environ": self.environ,
+                 "display_name": f"{self.test} %num_nodes=2 %device=cpu %scale=smoke",
+                 "result": self.result, "num_nodes": "2", "device": "cpu", "scale": "smoke",
+                 "num_tasks": "2", "jobid": jobid, "job_nodelist": self.nodelist,
+                 "version": "4.10.4", "launcher": "srun", "num_ranks": "2"}
+        leading = [known.get(column, "null") for column in PERFLOG_LEADING_COLUMNS]
         perf = [_number_text(v) if i != 1 else v for values in self.values
                 for i, v in enumerate(values)]
         return leading + perf

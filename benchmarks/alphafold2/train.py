@@ -23,18 +23,18 @@ from benchmarks.alphafold2.data.dataset import (
     sampling_weights,
     split_chains,
 )
-from benchmarks.alphafold2.data.synth import synthesize
+from benchmarks.alphafold2.data.synthetic_dataset import synthesize
 from benchmarks.alphafold2.data.transforms import FeatureConfig
+from benchmarks.alphafold2.loop_adapter import (
+    AlphaFoldForTraining,
+    AlphaFoldTrainingConfig,
+    LDDTCaMetric,
+)
 from benchmarks.alphafold2.losses import AlphaFoldLoss
 from benchmarks.alphafold2.openfold_weights import (
     WeightConversionError,
     load_openfold_weights,
     read_openfold_state_dict,
-)
-from benchmarks.alphafold2.training import (
-    AlphaFoldForTraining,
-    AlphaFoldTrainingConfig,
-    LDDTCaMetric,
 )
 from benchmarks.core.config import Config, ConfigSchema, DataConfig, GlobalContext
 from benchmarks.core.data import build_loader, require_dir

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.core.config import load_config
+from benchmarks.core.config import check_output_path, load_config
 from benchmarks.core.errors import BenchmarkError, ConfigError
 from benchmarks.core.memory import measure
 from benchmarks.core.runner import BenchmarkSpec, add_train_arguments, run_with_args
@@ -61,14 +61,12 @@ def _synth(args: argparse.Namespace) -> int:
     if samples <= 0:
         raise ConfigError(f"--samples: must be positive, got {samples}")
     outdir = Path(args.outdir)
+    check_output_path(outdir, "OUTDIR", folder=True)
     created = not outdir.exists()
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / ".mlbench-write-test"
-        probe.touch()
-        probe.unlink()
+        outdir.mkdir(exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"{outdir}: output folder not writable ({err.strerror})") from None
+        raise ConfigError(f"OUTDIR: cannot write {outdir} ({err.strerror})") from None
     try:
         spec.synthesize(outdir, samples, args.seed)
     except BaseException:

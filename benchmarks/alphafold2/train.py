@@ -36,7 +36,16 @@ from benchmarks.alphafold2.openfold_weights import (
     load_openfold_weights,
     read_openfold_state_dict,
 )
-from benchmarks.core.config import Config, ConfigSchema, DataConfig, GlobalContext
+from benchmarks.core.config import (
+    Config,
+    ConfigSchema,
+    DataConfig,
+    Fraction,
+    GlobalContext,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from benchmarks.core.data import build_loader, require_dir
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.core.loop import Task
@@ -47,17 +56,17 @@ from benchmarks.core.runner import BenchmarkSpec, run
 class AlphaFoldDataConfig(DataConfig):
     """Data keys on top of the common ones (AF2 suppl. Table 4 "initial training")."""
 
-    crop_size: int = 256
-    max_msa_clusters: int = 124  # 128 minus the 4 template rows, as in MLPerf
-    max_extra_msa: int = 1024
+    crop_size: PositiveInt = 256
+    max_msa_clusters: PositiveInt = 124  # 128 minus the 4 template rows, as in MLPerf
+    max_extra_msa: NonNegativeInt = 1024
     use_templates: bool = True
-    max_templates: int = 4
-    max_template_hits: int = 20
-    max_recycles: int = 3
-    clamp_prob: float = 0.9
+    max_templates: NonNegativeInt = 4
+    max_template_hits: NonNegativeInt = 20
+    max_recycles: NonNegativeInt = 3
+    clamp_prob: Fraction = 0.9
     max_release_date: str = "2021-09-16"  # MLPerf training cut-off; "" = none
     max_template_date: str = "2021-09-16"
-    max_resolution: float = 9.0
+    max_resolution: PositiveFloat = 9.0
     # Sample training chains by length and PDB cluster size (needs chains.csv), as AF2 and
     # the MLPerf reference do; false: every chain once per epoch.
     weighted_sampling: bool = True

@@ -26,7 +26,7 @@ from torch import nn
 
 from benchmarks.core import distributed, mllog
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
-from benchmarks.core.config import Config, ConfigSchema, GlobalContext
+from benchmarks.core.config import Config, ConfigSchema, GlobalContext, check_output_paths
 from benchmarks.core.data import seed_everything
 from benchmarks.core.errors import (
     EXIT_FAILURE,
@@ -105,6 +105,7 @@ def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         config = context.load(spec.config_path(args.config), spec.schema, overrides)
         device = resolve_device(args.device)
         env = distributed.detect_env()
+        check_output_paths(config.training, writes_log=env.is_main)
         resolve_batch_sizes(config, env.world_size)
         _limit_threads()
         keep_freed_memory()

@@ -27,7 +27,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from benchmarks.core.config import DataConfig
+from benchmarks.core.config import DataConfig, PositiveInt
 from benchmarks.core.data import require_dir
 from benchmarks.core.errors import InputError
 
@@ -42,8 +42,8 @@ class ImageNetDataConfig(DataConfig):
 
     train_dir: str = "train"
     eval_dir: str = "val"
-    image_size: int = 224
-    resize_size: int = 256
+    image_size: PositiveInt = 224
+    resize_size: PositiveInt = 256
     decoder: Literal["torchvision", "pil"] = "torchvision"
 
 

@@ -46,7 +46,7 @@ from benchmarks.core.config import (
     PositiveFloat,
     PositiveInt,
 )
-from benchmarks.core.data import build_loader, require_dir
+from benchmarks.core.data import build_loader, require_dir, take_subset
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.core.loop import Task
 from benchmarks.core.runner import BenchmarkSpec, run
@@ -116,10 +116,10 @@ def build_task(context: GlobalContext) -> Task:
                          _date(data.max_template_date, "max_template_date"))
     records = read_chains_table(data_dir / CHAINS_TABLE)
     train_ids, eval_ids = split_chains(data_dir, chain_filter, reader.alignments, records)
-    if data.train_subset:
-        train_ids = train_ids[:data.train_subset]
-    if data.eval_subset:
-        eval_ids = eval_ids[:data.eval_subset]
+    train_ids = take_subset(train_ids, data.train_subset, "data.train_subset", data_dir,
+                            "training chains")
+    eval_ids = take_subset(eval_ids, data.eval_subset, "data.eval_subset", data_dir,
+                           "validation chains")
     weights = sampling_weights(train_ids, records) if data.weighted_sampling else None
     seed = config.training.seed
     train_set = ProteinDataset(train_ids, reader, features, train=True, seed=seed)

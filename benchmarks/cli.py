@@ -1,4 +1,4 @@
-"""The ``mlbench`` command: train, synth, table and perflogs (see CONTRACTS.md).
+"""The ``mlbench`` command: train, synth, table and perflogs; see docs/reference.md.
 
 Each benchmark is found by name as ``benchmarks.<name>.train.SPEC`` (a
 :class:`~benchmarks.core.runner.BenchmarkSpec`), so adding a benchmark needs no change here
@@ -41,7 +41,7 @@ def load_spec(name: str) -> BenchmarkSpec:
 
 
 def available_specs() -> list[BenchmarkSpec]:
-    """Specs of the benchmarks that are implemented, in the contract's order."""
+    """Specs of the benchmarks that are implemented, in :data:`BENCHMARKS` order."""
     specs = []
     for name in BENCHMARKS:
         try:
@@ -127,20 +127,26 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mlbench", description="Train the benchmarks, write their datasets, tabulate them "
+        "and compare runs. Reference: docs/reference.md.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a benchmark until its quality target")
+    train = commands.add_parser(
+        "train", help="train a benchmark until its quality target",
+        epilog="exit codes: 0 target reached (or none set), 3 all epochs run without reaching "
+               "it, 2 bad configuration or input, 1 any other failure")
     train.add_argument("benchmark", metavar="NAME", help=", ".join(BENCHMARKS))
     add_train_arguments(train)
     train.set_defaults(func=_train)
 
     synth = commands.add_parser("synth", help="write a small dataset in the real on-disk format")
     synth.add_argument("benchmark", metavar="NAME", help=", ".join(BENCHMARKS))
-    synth.add_argument("outdir", metavar="OUTDIR")
+    synth.add_argument("outdir", metavar="OUTDIR",
+                       help="dataset folder, created if absent (its parent must exist)")
     synth.add_argument("--samples", type=int, default=0,
                        help="training samples (default: the benchmark's smoke size)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="random seed of the writer")
     synth.set_defaults(func=_synth)
 
     table = commands.add_parser("table", help="the benchmark table (parameters, memory)")

@@ -1,6 +1,6 @@
 """Bad input matrix: every case runs the real ``mlbench`` command and must fail cleanly.
 
-Clean means: the contract exit code (2 for a bad configuration or input, 1 for a runtime
+Clean means: the documented exit code (2 for a bad configuration or input, 1 for a runtime
 fault), exactly one ``error:`` line on stderr that names the key or file at fault, no Python
 traceback, and no half-written output: MLLOG lines (stdout and ``training.log_file``) are
 whole JSON lines ending in ``run_stop`` with status ``aborted`` and the same reason, and a

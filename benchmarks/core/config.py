@@ -3,24 +3,19 @@
 Every benchmark reads one YAML file with the sections ``data``, ``model``, ``opt``,
 ``lr_schedule``, ``training`` and ``distributed``. The common sections are defined here; a
 benchmark subclasses :class:`DataConfig` to add its own data keys and writes its own model
-dataclass, then names both in a :class:`ConfigSchema`::
-
-    @dataclass
-    class ResNetData(DataConfig):
-        image_size: int = 224
-
-    SCHEMA = ConfigSchema(data=ResNetData, model=ResNetModel)
-    cfg = load_config("config.yaml", SCHEMA, overrides=["training.n_epochs=2"])
-    cfg.data.image_size, cfg.training.target
-
-Each field declares what it accepts: its type, a :class:`Range` for numbers (the aliases
-:data:`PositiveInt`, :data:`NonNegativeInt`, :data:`PositiveFloat`, :data:`NonNegativeFloat`
-and :data:`Fraction` cover most keys) and ``Literal`` choices for enumerations::
+dataclass, then names both in a :class:`ConfigSchema`. Each field declares what it accepts:
+its type, a :class:`Range` for numbers (the aliases :data:`PositiveInt`,
+:data:`NonNegativeInt`, :data:`PositiveFloat`, :data:`NonNegativeFloat` and :data:`Fraction`
+cover most keys) and ``Literal`` choices for enumerations::
 
     @dataclass
     class ResNetData(DataConfig):
         image_size: PositiveInt = 224
         decoder: Literal["torchvision", "pil"] = "torchvision"
+
+    SCHEMA = ConfigSchema(data=ResNetData, model=ResNetModel)
+    cfg = load_config("config.yaml", SCHEMA, overrides=["training.n_epochs=2"])
+    cfg.data.image_size, cfg.training.target
 
 Validation is strict and happens once, when the file is loaded (before any process group
 starts): an unknown key, a missing required key, a value of the wrong type, a float that is

@@ -40,7 +40,7 @@ from torch import nn
 
 from benchmarks.alphafold2.model import AlphaFold
 from benchmarks.alphafold2.openfold_weights import load_openfold_weights, openfold_to_ours_name
-from benchmarks.alphafold2.synthetic import random_batch
+from benchmarks.alphafold2.synthetic_proteins import random_batch
 from benchmarks.alphafold2.train import SPEC
 from benchmarks.core.config import load_config
 

@@ -1,4 +1,4 @@
-"""The ``mlbench`` command: train, synth, table and perflogs (see CONTRACTS.md).
+"""The ``mlbench`` command: train, synth, table and perflogs; see docs/reference.md.
 
 Benchmarks are looked up by name in :mod:`benchmarks.registry`.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.core import rcp
-from benchmarks.core.config import load_config
+from benchmarks.core.config import check_output_path, load_config
 from benchmarks.core.errors import BenchmarkError, ConfigError
 from benchmarks.core.memory import measure
 from benchmarks.core.runner import BenchmarkSpec, add_train_arguments, train
@@ -34,14 +34,12 @@ def _synth(args: argparse.Namespace) -> int:
     if samples <= 0:
         raise ConfigError(f"--samples: must be positive, got {samples}")
     outdir = Path(args.outdir)
+    check_output_path(outdir, "OUTDIR", folder=True)
     created = not outdir.exists()
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / ".mlbench-write-test"
-        probe.touch()
-        probe.unlink()
+        outdir.mkdir(exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"{outdir}: output folder not writable ({err.strerror})") from None
+        raise ConfigError(f"OUTDIR: cannot write {outdir} ({err.strerror})") from None
     try:
         spec.synthesize(outdir, samples, args.seed)
     except BaseException:
@@ -103,20 +101,26 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mlbench", description="Train the benchmarks, write their datasets, tabulate them "
+        "and compare runs. Reference: docs/reference.md.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a benchmark until its quality target")
+    train = commands.add_parser(
+        "train", help="train a benchmark until its quality target",
+        epilog="exit codes: 0 target reached (or none set), 3 all epochs run without reaching "
+               "it, 2 bad configuration or input, 1 any other failure")
     train.add_argument("benchmark", metavar="NAME", help=", ".join(BENCHMARKS))
     add_train_arguments(train)
     train.set_defaults(func=_train)
 
     synth = commands.add_parser("synth", help="write a small dataset in the real on-disk format")
     synth.add_argument("benchmark", metavar="NAME", help=", ".join(BENCHMARKS))
-    synth.add_argument("outdir", metavar="OUTDIR")
+    synth.add_argument("outdir", metavar="OUTDIR",
+                       help="dataset folder, created if absent (its parent must exist)")
     synth.add_argument("--samples", type=int, default=0,
                        help="training samples (default: the benchmark's smoke size)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="random seed of the writer")
     synth.set_defaults(func=_synth)
 
     table = commands.add_parser("table", help="the benchmark table (parameters, memory)")

@@ -24,7 +24,7 @@ from benchmarks.alphafold2.data.dataset import (
 )
 from benchmarks.alphafold2.data.features import msa_to_array, template_features
 from benchmarks.alphafold2.data.parsers import parse_a3m, parse_hhr
-from benchmarks.alphafold2.data.synth import sequence_structure, synthesize
+from benchmarks.alphafold2.data.synthetic_dataset import sequence_structure, synthesize
 from benchmarks.alphafold2.data.transforms import (
     FeatureConfig,
     _pad_to,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.alphafold2 import all_atom, synthetic
+from benchmarks.alphafold2 import all_atom, synthetic_proteins
 from benchmarks.alphafold2 import residue_constants as rc
 from benchmarks.alphafold2.geometry import Rigid, quat_to_rot, rot_to_quat
 from benchmarks.alphafold2.model.structure_module import InvariantPointAttention
@@ -80,9 +80,9 @@ def test_frame_from_three_points():
 def test_torsions_to_atoms_to_torsions_round_trip(generator):
     """Building atoms from torsions and measuring them back recovers psi, chi1-4 and frames."""
     aatype = torch.arange(20)  # every residue type once
-    backbone = synthetic.helical_backbone(20, torch.float64)
-    torsions = synthetic.random_torsions(20, generator).double()
-    positions, mask = synthetic.build_structure(aatype, backbone, torsions)
+    backbone = synthetic_proteins.helical_backbone(20, torch.float64)
+    torsions = synthetic_proteins.random_torsions(20, generator).double()
+    positions, mask = synthetic_proteins.build_structure(aatype, backbone, torsions)
     measured = all_atom.atom37_to_torsion_angles(aatype, positions, mask)
     angle_mask = measured["torsion_angles_mask"]
     assert angle_mask[:, 3:].sum() == rc.chi_angles_mask.sum() == 39
@@ -100,7 +100,7 @@ def test_torsions_to_atoms_to_torsions_round_trip(generator):
 
 def test_ideal_geometry_bond_lengths(generator):
     aatype = torch.arange(20)
-    positions, mask = synthetic.random_structure(aatype, generator)
+    positions, mask = synthetic_proteins.random_structure(aatype, generator)
     def bond(a: str, b: str) -> torch.Tensor:
         i, j = rc.atom_order[a], rc.atom_order[b]
         present = (mask[:, i] * mask[:, j]) > 0

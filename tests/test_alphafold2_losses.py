@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.alphafold2 import all_atom, losses, synthetic
+from benchmarks.alphafold2 import all_atom, losses, synthetic_proteins
 from benchmarks.alphafold2 import residue_constants as rc
-from benchmarks.alphafold2.data.synth import sequence_structure
+from benchmarks.alphafold2.data.synthetic_dataset import sequence_structure
 from benchmarks.alphafold2.geometry import Rigid, quat_to_rot
 from benchmarks.alphafold2.losses import (
     AlphaFoldLoss,
@@ -84,9 +84,9 @@ def test_fape_clamps_large_errors(generator):
 
 def perfect_prediction(aatype, generator):
     """Ground truth plus the structure-module outputs that reproduce it exactly."""
-    backbone = synthetic.helical_backbone(aatype.shape[0], torch.float64)
-    torsions = synthetic.random_torsions(aatype.shape[0], generator).double()
-    positions, mask = synthetic.build_structure(aatype, backbone, torsions)
+    backbone = synthetic_proteins.helical_backbone(aatype.shape[0], torch.float64)
+    torsions = synthetic_proteins.random_torsions(aatype.shape[0], generator).double()
+    positions, mask = synthetic_proteins.build_structure(aatype, backbone, torsions)
     batch = all_atom.make_structure_features(aatype, positions, mask)
     batch.update(aatype=aatype, seq_mask=torch.ones(aatype.shape[0], dtype=torch.float64),
                  all_atom_positions=positions, all_atom_mask=mask)
@@ -176,7 +176,7 @@ def test_plddt_loss_targets_the_true_lddt_bin(generator):
 
 def test_total_loss_scales_with_sqrt_of_length():
     torch.manual_seed(0)
-    batch = synthetic.random_batch(n_res=9, seed=3)
+    batch = synthetic_proteins.random_batch(n_res=9, seed=3)
     outputs = AlphaFold(AlphaFoldConfig.tiny())(batch)
     loss, parts = AlphaFoldLoss().compute(outputs, batch)
     weights = {"backbone_fape": 0.5, "sidechain_fape": 0.5, "supervised_chi": 1.0,
@@ -221,7 +221,7 @@ def rotate_about(points: torch.Tensor, centre: torch.Tensor, axis: torch.Tensor,
 
 def test_bond_table_matches_structures_built_with_any_torsions(generator):
     aatype = torch.arange(20)
-    positions, _ = synthetic.random_structure(aatype, generator)
+    positions, _ = synthetic_proteins.random_structure(aatype, generator)
     atom14 = all_atom.atom37_to_atom14(positions.double(), aatype)
     distances = torch.cdist(atom14, atom14)  # [20, 14, 14]
     table = torch.as_tensor(rc.restype_atom14_bond_length[:20], dtype=torch.float64)
@@ -338,7 +338,7 @@ def test_violation_loss_is_per_sample_and_ignores_padding():
 
 def test_alphafold_loss_adds_violations_only_when_weighted(monkeypatch):
     torch.manual_seed(0)
-    batch = synthetic.random_batch(n_res=9, seed=3)
+    batch = synthetic_proteins.random_batch(n_res=9, seed=3)
     outputs = AlphaFold(AlphaFoldConfig.tiny())(batch)
     with_violations = AlphaFoldLoss(losses.LossConfig(violation_weight=1.0))
     total, parts = with_violations.compute(outputs, batch)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from benchmarks.alphafold2.loop_adapter import AlphaFoldForTraining, AlphaFoldTrainingConfig
 from benchmarks.alphafold2.losses import AlphaFoldLoss
 from benchmarks.alphafold2.model import AlphaFold, AlphaFoldConfig
 from benchmarks.alphafold2.openfold_weights import (
@@ -12,9 +13,8 @@ from benchmarks.alphafold2.openfold_weights import (
     ours_to_openfold_name,
     read_openfold_state_dict,
 )
-from benchmarks.alphafold2.synthetic import random_batch
+from benchmarks.alphafold2.synthetic_proteins import random_batch
 from benchmarks.alphafold2.train import load_initial_weights
-from benchmarks.alphafold2.training import AlphaFoldForTraining, AlphaFoldTrainingConfig
 from benchmarks.core.errors import InputError
 
 N_RES = 16

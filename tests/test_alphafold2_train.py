@@ -9,14 +9,14 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.alphafold2.data.synth import synthesize
-from benchmarks.alphafold2.synthetic import random_batch
-from benchmarks.alphafold2.train import SPEC, build_model
-from benchmarks.alphafold2.training import (
+from benchmarks.alphafold2.data.synthetic_dataset import synthesize
+from benchmarks.alphafold2.loop_adapter import (
     AlphaFoldForTraining,
     AlphaFoldTrainingConfig,
     LDDTCaMetric,
 )
+from benchmarks.alphafold2.synthetic_proteins import random_batch
+from benchmarks.alphafold2.train import SPEC, build_model
 from benchmarks.core.config import build_config
 from benchmarks.core.errors import ConfigError
 

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from benchmarks.core import mllog
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import ConfigSchema, build_config
-from benchmarks.core.data import WeightedDistributedSampler, build_loader, subset_and_shard
+from benchmarks.core.data import WeightedDistributedSampler, build_loader, take_subset
 from benchmarks.core.distributed import DistEnv
 from benchmarks.core.errors import ConfigError, InputError, NonFiniteLossError, PreemptedError
 from benchmarks.core.loop import Task, Trainer, steps_per_epoch
@@ -161,10 +161,15 @@ def test_weighted_sampler_draws_by_weight_and_splits_one_draw_over_the_ranks():
         WeightedDistributedSampler([1.0, 1.0], 0, 4)
 
 
-def test_ranks_get_disjoint_shards():
+def test_subset_is_the_head_of_the_sorted_list():
     files = [Path(f"f{i:02d}") for i in range(10)]
-    shards = [subset_and_shard(files, 8, rank, 3) for rank in range(3)]
-    assert sorted(sum(shards, [])) == files[:8]
+    assert take_subset(files, 8, "data.train_subset", "here") == files[:8]
+    assert take_subset(files, 0, "data.train_subset", "here") == files
+    with pytest.raises(InputError, match="here: data.train_subset asks for 11 files, found 10"):
+        take_subset(files, 11, "data.train_subset", "here")
+
+
+def test_ranks_get_disjoint_shards():
     dataset = TensorDataset(torch.arange(12))
     seen = []
     for rank in range(2):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.core.config import load_config
+from benchmarks.core.config import build_config, load_config
 from benchmarks.core.data import build_loader
 from benchmarks.core.distributed import DistEnv
 from benchmarks.core.errors import ConfigError, InputError
@@ -95,7 +95,7 @@ def test_input_edge_must_survive_every_pooling():
     with pytest.raises(ConfigError, match="data.downsample"):
         input_edge(CosmoFlowDataConfig(crop_size=30, downsample=4))
     with pytest.raises(ConfigError, match="data.crop_size"):
-        input_edge(CosmoFlowDataConfig(crop_size=256))
+        build_config({"data": {"crop_size": 256}}, SPEC.schema)
     assert input_edge(CosmoFlowDataConfig(crop_size=64, downsample=2)) == 32
 
 

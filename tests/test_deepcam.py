@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from benchmarks.core import runner
-from benchmarks.core.config import GlobalContext, load_config
+from benchmarks.core.config import GlobalContext, build_config, load_config
 from benchmarks.core.data import build_loader
 from benchmarks.core.distributed import DistEnv
 from benchmarks.core.errors import ConfigError, InputError
@@ -98,7 +98,7 @@ def test_image_shape_must_fit_the_output_stride():
     with pytest.raises(ConfigError, match="data.downsample"):
         input_shape(DeepCAMDataConfig(downsample=5))
     with pytest.raises(ConfigError, match="data.crop_width"):
-        input_shape(DeepCAMDataConfig(crop_width=2000))
+        build_config({"data": {"crop_width": 2000}}, SPEC.schema)
 
 
 # --- loss and metric --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Bad input matrix: every case runs the real ``mlbench`` command and must fail cleanly.
 
-Clean means: the contract exit code (2 for a bad configuration or input, 1 for a runtime
+Clean means: the documented exit code (2 for a bad configuration or input, 1 for a runtime
 fault), exactly one ``error:`` line on stderr that names the key or file at fault, no Python
 traceback, and no half-written output: MLLOG lines (stdout and ``training.log_file``) are
 whole JSON lines ending in ``run_stop`` with status ``aborted`` and the same reason, and a
@@ -159,7 +159,7 @@ class Invocation:
     names: str
     launcher: tuple[str, ...] = ()
     timeout: float = CASE_TIMEOUT_S
-    #: Output that must not exist after the failure (a synth folder).
+    #: Output that must not exist after the failure (a synth or checkpoint folder).
     left_behind: Path | None = None
 
 
@@ -294,6 +294,9 @@ CASES = [
     Case("cli-synth-bad-sample-count", lambda ws: Invocation(
         ["synth", "resnet50", str(ws.folder / "out"), "--samples", "-3"], "--samples",
         left_behind=ws.folder / "out")),
+    Case("cli-synth-outdir-in-missing-folder", lambda ws: Invocation(
+        ["synth", "resnet50", str(ws.folder / "no" / "out")], str(ws.folder / "no" / "out"),
+        left_behind=ws.folder / "no")),
     Case("cli-synth-too-few-samples", lambda ws: Invocation(
         ["synth", "gptj", str(ws.folder / "out"), "--samples", "2"], str(ws.folder / "out"),
         left_behind=ws.folder / "out")),
@@ -310,6 +313,14 @@ CASES = [
         launcher=THREE_RANKS)),
     Case("config-batch-larger-than-dataset", lambda ws: Invocation(
         ws.resnet_train("data.global_batch_size=4096"), "'data.global_batch_size'")),
+    Case("config-size-zero", lambda ws: Invocation(
+        ws.resnet_train("data.image_size=0"), "'data.image_size'")),
+    Case("config-count-zero", lambda ws: Invocation(
+        ws.train("gptj", ws.data("gptj"), "data.seq_len=0"), "'data.seq_len'")),
+    Case("config-rate-not-finite", lambda ws: Invocation(
+        ws.resnet_train("opt.lr=.nan"), "'opt.lr'")),
+    Case("config-fraction-above-one", lambda ws: Invocation(
+        ws.resnet_train("model.label_smoothing=1.5"), "'model.label_smoothing'")),
     Case("config-unknown-optimizer", lambda ws: Invocation(
         ws.resnet_train("opt.name=adagrad"), "'opt.name'")),
     Case("config-unknown-lr-schedule", lambda ws: Invocation(
@@ -317,6 +328,11 @@ CASES = [
     Case("config-log-file-in-missing-folder", lambda ws: Invocation(
         ws.resnet_train(f"training.log_file={ws.folder / 'no' / 'run.log'}"),
         str(ws.folder / "no" / "run.log"))),
+    Case("config-log-file-is-a-folder", lambda ws: Invocation(
+        ws.resnet_train(f"training.log_file={ws.folder}"), str(ws.folder))),
+    Case("config-checkpoint-dir-in-missing-folder", lambda ws: Invocation(
+        ws.resnet_train(f"training.checkpoint_dir={ws.folder / 'no' / 'ck'}"),
+        str(ws.folder / "no" / "ck"), left_behind=ws.folder / "no")),
     Case("config-checkpoint-dir-unwritable", lambda ws: Invocation(
         ws.resnet_train("data.global_batch_size=4",
                         f"training.checkpoint_dir={ws.regular_file / 'ck'}"),

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from benchmarks.alphafold2 import residue_constants as rc
 from benchmarks.alphafold2.geometry import Rigid
 from benchmarks.alphafold2.metrics import lddt
+from benchmarks.core.config import NonNegativeFloat, PositiveFloat
 
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -390,26 +391,26 @@ def violation_loss(violations: dict[str, torch.Tensor], eps: float = 1e-6) -> to
 class LossConfig:
     """Loss weights and parameters; defaults are AF2 "initial training" (suppl. Table 4)."""
 
-    fape_weight: float = 1.0
-    backbone_fape_weight: float = 0.5
-    sidechain_fape_weight: float = 0.5
-    fape_clamp_distance: float = 10.0
-    fape_length_scale: float = 10.0
-    fape_eps: float = 1e-4
-    chi_weight: float = 1.0
-    chi_angle_weight: float = 0.5
-    chi_angle_norm_weight: float = 0.01
-    distogram_weight: float = 0.3
-    masked_msa_weight: float = 2.0
-    plddt_weight: float = 0.01
-    experimentally_resolved_weight: float = 0.0
-    tm_weight: float = 0.0
+    fape_weight: NonNegativeFloat = 1.0
+    backbone_fape_weight: NonNegativeFloat = 0.5
+    sidechain_fape_weight: NonNegativeFloat = 0.5
+    fape_clamp_distance: PositiveFloat = 10.0
+    fape_length_scale: PositiveFloat = 10.0
+    fape_eps: PositiveFloat = 1e-4
+    chi_weight: NonNegativeFloat = 1.0
+    chi_angle_weight: NonNegativeFloat = 0.5
+    chi_angle_norm_weight: NonNegativeFloat = 0.01
+    distogram_weight: NonNegativeFloat = 0.3
+    masked_msa_weight: NonNegativeFloat = 2.0
+    plddt_weight: NonNegativeFloat = 0.01
+    experimentally_resolved_weight: NonNegativeFloat = 0.0
+    tm_weight: NonNegativeFloat = 0.0
     # Structural violations (suppl. 1.9.11): 0 in initial training, 1.0 when fine-tuning.
-    violation_weight: float = 0.0
-    violation_tolerance_factor: float = 12.0
-    clash_overlap_tolerance: float = 1.5
-    min_resolution: float = 0.1
-    max_resolution: float = 3.0
+    violation_weight: NonNegativeFloat = 0.0
+    violation_tolerance_factor: NonNegativeFloat = 12.0
+    clash_overlap_tolerance: NonNegativeFloat = 1.5
+    min_resolution: NonNegativeFloat = 0.1
+    max_resolution: NonNegativeFloat = 3.0
     # OpenFold multiplies the total by sqrt(number of residues in the crop).
     scale_by_sqrt_length: bool = True
 

@@ -23,21 +23,30 @@ from benchmarks.alphafold2.data.dataset import (
     sampling_weights,
     split_chains,
 )
-from benchmarks.alphafold2.data.synth import synthesize
+from benchmarks.alphafold2.data.synthetic_dataset import synthesize
 from benchmarks.alphafold2.data.transforms import FeatureConfig
+from benchmarks.alphafold2.loop_adapter import (
+    AlphaFoldForTraining,
+    AlphaFoldTrainingConfig,
+    LDDTCaMetric,
+)
 from benchmarks.alphafold2.losses import AlphaFoldLoss
 from benchmarks.alphafold2.openfold_weights import (
     WeightConversionError,
     load_openfold_weights,
     read_openfold_state_dict,
 )
-from benchmarks.alphafold2.training import (
-    AlphaFoldForTraining,
-    AlphaFoldTrainingConfig,
-    LDDTCaMetric,
+from benchmarks.core.config import (
+    Config,
+    ConfigSchema,
+    DataConfig,
+    Fraction,
+    GlobalContext,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
 )
-from benchmarks.core.config import Config, ConfigSchema, DataConfig, GlobalContext
-from benchmarks.core.data import build_loader, require_dir
+from benchmarks.core.data import build_loader, require_dir, take_subset
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.core.loop import Task
 from benchmarks.core.mllog import INIT_CHECKPOINT_SHA256, sha256sum
@@ -48,17 +57,17 @@ from benchmarks.core.runner import BenchmarkSpec, main
 class AlphaFoldDataConfig(DataConfig):
     """Data keys on top of the common ones (AF2 suppl. Table 4 "initial training")."""
 
-    crop_size: int = 256
-    max_msa_clusters: int = 124  # 128 minus the 4 template rows, as in MLPerf
-    max_extra_msa: int = 1024
+    crop_size: PositiveInt = 256
+    max_msa_clusters: PositiveInt = 124  # 128 minus the 4 template rows, as in MLPerf
+    max_extra_msa: NonNegativeInt = 1024
     use_templates: bool = True
-    max_templates: int = 4
-    max_template_hits: int = 20
-    max_recycles: int = 3
-    clamp_prob: float = 0.9
+    max_templates: NonNegativeInt = 4
+    max_template_hits: NonNegativeInt = 20
+    max_recycles: NonNegativeInt = 3
+    clamp_prob: Fraction = 0.9
     max_release_date: str = "2021-09-16"  # MLPerf training cut-off; "" = none
     max_template_date: str = "2021-09-16"
-    max_resolution: float = 9.0
+    max_resolution: PositiveFloat = 9.0
     # Sample training chains by length and PDB cluster size (needs chains.csv), as AF2 and
     # the MLPerf reference do; false: every chain once per epoch.
     weighted_sampling: bool = True
@@ -158,13 +167,10 @@ def build_task(context: GlobalContext) -> Task:
                          _date(data.max_template_date, "max_template_date"))
     records = read_chains_table(data_dir / CHAINS_TABLE)
     train_ids, eval_ids = split_chains(data_dir, chain_filter, reader.alignments, records)
-    if data.train_subset:
-        train_ids = train_ids[:data.train_subset]
-    if records is not None and data.eval_max_length:
-        eval_ids = [chain for chain in eval_ids if chain not in records
-                    or (records[chain].length or 0) <= data.eval_max_length]
-    if data.eval_subset:
-        eval_ids = eval_ids[:data.eval_subset]
+    train_ids = take_subset(train_ids, data.train_subset, "data.train_subset", data_dir,
+                            "training chains")
+    eval_ids = take_subset(eval_ids, data.eval_subset, "data.eval_subset", data_dir,
+                           "validation chains")
     weights = sampling_weights(train_ids, records) if data.weighted_sampling else None
     seed = config.training.seed
     train_set = ProteinDataset(train_ids, reader, features, train=True, seed=seed)

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
 from benchmarks.bert_large.data import IGNORE_LABEL
+from benchmarks.core.config import Fraction, NonNegativeFloat, PositiveInt
 from benchmarks.core.metrics import RatioMetric
 from benchmarks.core.transformers_models import enable_activation_checkpointing
 
@@ -35,16 +36,16 @@ class BertModelConfig:
     without ``next_sentence`` its pooler and next-sentence weights are not used.
     """
 
-    vocab_size: int = 30522
-    hidden_size: int = 1024
-    num_layers: int = 24
-    num_heads: int = 16
-    intermediate_size: int = 4096
-    max_positions: int = 512
-    type_vocab_size: int = 2
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    init_std: float = 0.02
+    vocab_size: PositiveInt = 30522
+    hidden_size: PositiveInt = 1024
+    num_layers: PositiveInt = 24
+    num_heads: PositiveInt = 16
+    intermediate_size: PositiveInt = 4096
+    max_positions: PositiveInt = 512
+    type_vocab_size: PositiveInt = 2
+    dropout: Fraction = 0.1
+    attention_dropout: Fraction = 0.1
+    init_std: NonNegativeFloat = 0.02
     activation_checkpointing: bool = False
     trim_padding: bool = True
     next_sentence: bool = False

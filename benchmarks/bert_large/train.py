@@ -32,7 +32,7 @@ from benchmarks.bert_large.model import (
     pretraining_loss,
 )
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext
-from benchmarks.core.data import build_loader, require_dir
+from benchmarks.core.data import build_loader, require_dir, take_subset
 from benchmarks.core.distributed import all_reduce_sum
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
@@ -56,7 +56,9 @@ def build_task(context: GlobalContext) -> Task:
     config, env, device = context.cfg, context.env, context.device
     data, training = config.data, config.training
     root = require_dir(data.data_dir, "BERT dataset")
-    train_files = list_shards(root / data.train_dir)[: data.train_subset or None]
+    train_dir = root / data.train_dir
+    train_files = take_subset(list_shards(train_dir), data.train_subset, "data.train_subset",
+                              train_dir)
     train_set = BertTrainStream(train_files, env.rank, env.world_size, training.seed)
     eval_set = BertEvalSet(list_shards(root / data.eval_dir), env.rank, env.world_size,
                            data.eval_subset)

@@ -3,39 +3,79 @@
 Every benchmark reads one YAML file with the sections ``data``, ``model``, ``opt``,
 ``lr_schedule``, ``training`` and ``distributed``. The common sections are defined here; a
 benchmark subclasses :class:`DataConfig` to add its own data keys and writes its own model
-dataclass, then names both in a :class:`ConfigSchema`::
+dataclass, then names both in a :class:`ConfigSchema`. Each field declares what it accepts:
+its type, a :class:`Range` for numbers (the aliases :data:`PositiveInt`,
+:data:`NonNegativeInt`, :data:`PositiveFloat`, :data:`NonNegativeFloat` and :data:`Fraction`
+cover most keys) and ``Literal`` choices for enumerations::
 
     @dataclass
     class ResNetData(DataConfig):
-        image_size: int = 224
+        image_size: PositiveInt = 224
+        decoder: Literal["torchvision", "pil"] = "torchvision"
 
     SCHEMA = ConfigSchema(data=ResNetData, model=ResNetModel)
     cfg = load_config("config.yaml", SCHEMA, overrides=["training.n_epochs=2"])
     cfg.data.image_size, cfg.training.target
 
-Validation is strict: an unknown key, a missing required key or a value of the wrong type is a
-:class:`~benchmarks.core.errors.ConfigError` whose message names the dotted key. Overrides
-(``--set key=value``) are parsed as YAML scalars or flow lists, so ``3`` is an int, ``1e-3`` a
-float, ``true`` a bool and ``[1, 2]`` a list.
+Validation is strict and happens once, when the file is loaded (before any process group
+starts): an unknown key, a missing required key, a value of the wrong type, a float that is
+not finite, a number outside its range or a choice not listed is a
+:class:`~benchmarks.core.errors.ConfigError` whose one-line message names the dotted key.
+Overrides (``--set key=value``) are parsed as YAML scalars or flow lists, so ``3`` is an int,
+``1e-3`` a float, ``true`` a bool and ``[1, 2]`` a list.
 
-:class:`GlobalContext` is the singleton the seed project used: ``GlobalContext()`` anywhere in
-the process returns the same object, holding the validated config and the distributed
+:class:`GlobalContext` is a process-wide singleton: ``GlobalContext()`` anywhere in the
+process returns the same object, holding the validated config and the distributed
 environment once the runner has filled them in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from benchmarks.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a numeric key (``low`` exclusive when ``low_exclusive``), declared
+    with the field as ``Annotated[int, Range(low=1, high=8)]``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_exclusive: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_exclusive
+                                     else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.high is None:
+            if self.low == 0:
+                return "positive" if self.low_exclusive else "zero or more"
+            return f"{'more than' if self.low_exclusive else 'at least'} {self.low}"
+        if self.low is None:
+            return f"at most {self.high}"
+        return f"{'above' if self.low_exclusive else 'from'} {self.low} to {self.high}"
+
+
+PositiveInt = Annotated[int, Range(low=0, low_exclusive=True)]
+NonNegativeInt = Annotated[int, Range(low=0)]
+PositiveFloat = Annotated[float, Range(low=0, low_exclusive=True)]
+NonNegativeFloat = Annotated[float, Range(low=0)]
+Fraction = Annotated[float, Range(low=0, high=1)]
 
 
 @dataclass
@@ -48,14 +88,14 @@ class DataConfig:
     """
 
     data_dir: str = ""
-    global_batch_size: int = 32
-    local_batch_size: int = 0
-    eval_batch_size: int = 0
-    gradient_accumulation: int = 1
-    num_workers: int = 2
-    prefetch_factor: int = 2
-    train_subset: int = 0
-    eval_subset: int = 0
+    global_batch_size: PositiveInt = 32
+    local_batch_size: NonNegativeInt = 0
+    eval_batch_size: NonNegativeInt = 0
+    gradient_accumulation: PositiveInt = 1
+    num_workers: NonNegativeInt = 2
+    prefetch_factor: PositiveInt = 2
+    train_subset: NonNegativeInt = 0
+    eval_subset: NonNegativeInt = 0
     shuffle: bool = True
     drop_last: bool = True
     stage_dir: str = ""
@@ -66,15 +106,15 @@ class OptConfig:
     """Optimizer: ``name`` is one of sgd, lars, lamb, adam, adamw."""
 
     name: Literal["sgd", "lars", "lamb", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: NonNegativeFloat = 0.1
+    momentum: Fraction = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    trust_coefficient: float = 0.001
+    weight_decay: NonNegativeFloat = 0.0
+    betas: list[Fraction] = field(default_factory=lambda: [0.9, 0.999])
+    eps: NonNegativeFloat = 1e-8
+    trust_coefficient: NonNegativeFloat = 0.001
     exclude_bias_and_norm: bool = True
-    clip_grad_norm: float = 0.0
+    clip_grad_norm: NonNegativeFloat = 0.0
 
 
 @dataclass
@@ -92,20 +132,20 @@ class LRScheduleConfig:
 
     name: Literal["constant", "poly", "cosine", "multistep", "step"] = "constant"
     unit: Literal["epochs", "steps"] = "epochs"
-    warmup: float = 0.0
-    warmup_start_factor: float = 0.0
-    decay_length: float = 0.0
+    warmup: NonNegativeFloat = 0.0
+    warmup_start_factor: Fraction = 0.0
+    decay_length: NonNegativeFloat = 0.0
     decay_unit: Literal["", "epochs", "steps"] = ""
     decay_from: Literal["warmup", "start"] = "warmup"
-    warmup_offset: float = 0.0
-    end_lr: float = 0.0
-    power: float = 2.0
-    milestones: list[float] = field(default_factory=list)
-    decay_factors: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    step_size: float = 1.0
+    warmup_offset: NonNegativeFloat = 0.0
+    end_lr: NonNegativeFloat = 0.0
+    power: NonNegativeFloat = 2.0
+    milestones: list[NonNegativeFloat] = field(default_factory=list)
+    decay_factors: list[NonNegativeFloat] = field(default_factory=list)
+    gamma: NonNegativeFloat = 0.1
+    step_size: PositiveFloat = 1.0
     scaling: Literal["none", "linear", "sqrt"] = "none"
-    base_batch_size: int = 0
+    base_batch_size: NonNegativeInt = 0
 
 
 @dataclass
@@ -120,18 +160,18 @@ class TrainingConfig:
     """
 
     target: float | None = None
-    n_epochs: int = 1
-    eval_every: int = 1
-    steps_per_epoch: int = 0
-    seed: int = 0
+    n_epochs: PositiveInt = 1
+    eval_every: PositiveInt = 1
+    steps_per_epoch: NonNegativeInt = 0
+    seed: NonNegativeInt = 0
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False
-    nan_check_every: int = 50
+    nan_check_every: PositiveInt = 50
     log_file: str = ""
     checkpoint_dir: str = ""
-    checkpoint_every: int = 0
+    checkpoint_every: NonNegativeInt = 0
     recipe: Literal["config", "rcp"] = "config"
 
 
@@ -140,7 +180,7 @@ class DistributedConfig:
     """Process group set-up. ``timeout_s`` bounds init and every collective."""
 
     backend: Literal["auto", "mpi", "nccl", "gloo"] = "auto"
-    timeout_s: int = 300
+    timeout_s: PositiveInt = 300
     strategy: Literal["ddp", "fsdp"] = "ddp"
     find_unused_parameters: bool = False
 
@@ -169,7 +209,7 @@ class Config:
         """The config as plain YAML-able data (for logs and checkpoints)."""
         return {
             section: _to_plain(getattr(self, section))
-            for section in ("data", "model", "opt", "lr_schedule", "training", "distributed")
+            for section in SECTIONS
         }
 
 
@@ -209,7 +249,20 @@ def build_config(raw: dict[str, Any], schema: ConfigSchema, source: str = "") ->
     if unknown:
         raise ConfigError(f"unknown config section '{unknown[0]}' (expected one of "
                           f"{', '.join(SECTIONS)})")
-    section_types = {
+    built = {}
+    for name, cls in section_types(schema).items():
+        value = raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {_type_name(value)}")
+        built[name] = dict(value) if cls is dict else _build_dataclass(cls, value, name)
+    config = Config(**built, source=source)
+    _check_relations(config)
+    return config
+
+
+def section_types(schema: ConfigSchema) -> dict[str, type]:
+    """The dataclass of each config section, in file order."""
+    return {
         "data": schema.data,
         "model": schema.model,
         "opt": OptConfig,
@@ -217,15 +270,51 @@ def build_config(raw: dict[str, Any], schema: ConfigSchema, source: str = "") ->
         "training": TrainingConfig,
         "distributed": DistributedConfig,
     }
-    built = {}
-    for name, cls in section_types.items():
-        value = raw.get(name) or {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {_type_name(value)}")
-        built[name] = dict(value) if cls is dict else _build_dataclass(cls, value, name)
-    config = Config(**built, source=source)
-    _check_ranges(config)
-    return config
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One config key as the schema declares it (for the reference documentation)."""
+
+    key: str
+    type: str
+    accepts: str
+    default: Any
+
+
+def config_keys(defaults: Any, prefix: str) -> list[KeyInfo]:
+    """Every key of a config dataclass instance under ``prefix``, with its value there as the
+    default; nested dataclasses are walked."""
+    hints = typing.get_type_hints(type(defaults), include_extras=True)
+    keys = []
+    for f in dataclasses.fields(defaults):
+        key, hint, default = f"{prefix}.{f.name}", hints[f.name], getattr(defaults, f.name)
+        if dataclasses.is_dataclass(hint):
+            keys += config_keys(default, key)
+        else:
+            keys.append(KeyInfo(key, *_describe(hint), default))
+    return keys
+
+
+def _describe(hint: Any) -> tuple[str, str]:
+    """(type, accepted values) of a type hint, in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        type_text, _ = _describe(args[0])
+        return type_text, " and ".join(str(a) for a in hint.__metadata__ if isinstance(a, Range))
+    if origin in (typing.Union, types.UnionType):
+        described = [_describe(a) for a in args if a is not type(None)]
+        type_text = " or ".join(t for t, _ in described)
+        accepts = "; ".join(a for _, a in described if a)
+        return (f"{type_text} or null", accepts) if type(None) in args else (type_text, accepts)
+    if origin is Literal:
+        return "choice", ", ".join(str(a) for a in args)
+    if origin is list:
+        item_type, accepts = _describe(args[0])
+        return f"list of {item_type}", accepts and f"each {accepts}"
+    if origin is dict or hint is dict:
+        return "mapping", ""
+    return getattr(hint, "__name__", str(hint)), ""
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -252,7 +341,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def _build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in values if k not in fields]
     if unknown:
@@ -271,6 +360,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a type hint; ints are accepted where floats are expected."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        value = _coerce(value, args[0], key)
+        for bounds in (a for a in hint.__metadata__ if isinstance(a, Range)):
+            if not bounds.contains(value):
+                raise ConfigError(f"config key '{key}': must be {bounds}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -298,10 +393,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {_type_name(value)}")
         return _build_dataclass(hint, value, key)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
-        return float(value)
+    if hint is float:
+        return _finite_float(value, key)
     if hint is Any:
         return value
     if isinstance(value, bool) and hint is not bool:
@@ -312,36 +405,50 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _check_ranges(config: Config) -> None:
-    """Reject values no run can use, naming the key."""
-    data, training = config.data, config.training
-    positive = {
-        "data.global_batch_size": data.global_batch_size,
-        "data.gradient_accumulation": data.gradient_accumulation,
-        "data.prefetch_factor": data.prefetch_factor,
-        "training.n_epochs": training.n_epochs,
-        "training.eval_every": training.eval_every,
-        "training.nan_check_every": training.nan_check_every,
-        "distributed.timeout_s": config.distributed.timeout_s,
-    }
-    not_negative = {
-        "data.local_batch_size": data.local_batch_size,
-        "data.eval_batch_size": data.eval_batch_size,
-        "data.num_workers": data.num_workers,
-        "data.train_subset": data.train_subset,
-        "data.eval_subset": data.eval_subset,
-        "training.steps_per_epoch": training.steps_per_epoch,
-        "training.checkpoint_every": training.checkpoint_every,
-        "opt.lr": config.opt.lr,
-        "opt.weight_decay": config.opt.weight_decay,
-        "opt.clip_grad_norm": config.opt.clip_grad_norm,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}': must be positive, got {value}")
-    for key, value in not_negative.items():
-        if value < 0:
-            raise ConfigError(f"config key '{key}': must not be negative, got {value}")
+def check_output_paths(training: TrainingConfig, writes_log: bool = True) -> None:
+    """Fail before a run starts when it could not write its outputs: ``training.log_file``
+    (checked where this rank writes it) and ``training.checkpoint_dir`` (the run creates the
+    folder itself, so its parent must exist)."""
+    if training.log_file and writes_log:
+        check_output_path(training.log_file, "config key 'training.log_file'", folder=False)
+    if training.checkpoint_dir:
+        check_output_path(training.checkpoint_dir, "config key 'training.checkpoint_dir'",
+                          folder=True)
+
+
+def check_output_path(path: str | Path, name: str, folder: bool) -> None:
+    """A ConfigError starting with ``name`` unless the file or ``folder`` ``path`` can be
+    written or created: an existing one must be writable, a new one needs a writable parent."""
+    target = Path(path)
+    if target.exists():
+        if target.is_dir() != folder:
+            kind = "a folder" if target.is_dir() else "not a folder"
+            raise ConfigError(f"{name}: cannot write {target} (it is {kind})")
+        if not os.access(target, os.W_OK | (os.X_OK if folder else 0)):
+            raise ConfigError(f"{name}: cannot write {target} (not writable)")
+        return
+    parent = target.parent
+    if not parent.is_dir():
+        reason = "not a folder" if parent.exists() else "no such folder"
+        raise ConfigError(f"{name}: cannot write {target} ({parent}: {reason})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}: cannot write {target} ({parent}: folder not writable)")
+
+
+def _finite_float(value: Any, key: str) -> float:
+    """``value`` as a finite float: ints are accepted, NaN and infinities are not."""
+    if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"config key '{key}': expected float, got {_type_name(value)} "
+                          f"{value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': must be a finite number, got {value}")
+    return float(value)
+
+
+def _check_relations(config: Config) -> None:
+    """Checks that involve more than one key (each key's own range is checked on coercion)."""
     if len(config.opt.betas) != 2:
         raise ConfigError("config key 'opt.betas': expected two values [beta1, beta2]")
     schedule = config.lr_schedule

@@ -2,8 +2,11 @@
 
 - :func:`require_dir` / :func:`list_files` / :func:`select_files` / :func:`h5_dataset`: find
   inputs or raise an ``InputError`` naming the folder or file, before any training starts.
-- :func:`subset_and_shard`: the one rule for file lists: sort, take the configured subset,
-  then give each rank its own slice, so ranks never read the same sample.
+- :func:`take_subset`: the rule for ``data.train_subset`` / ``data.eval_subset`` over file
+  and chain lists: the first N of the sorted list. Ranks then get disjoint shares from the
+  loader's sampler (map-style datasets) or from the stream itself (iterable datasets).
+  ImageNet is the exception: its subset is N images drawn with a fixed seed, since the first
+  N sorted images would all be of one class.
 - :func:`build_loader`: a DataLoader with a ``DistributedSampler`` for map-style datasets
   (or a :class:`WeightedDistributedSampler` when samples have weights), seeded workers, and
   pinned, persistent workers on GPU; or, for a dataset that holds only this rank's share
@@ -56,10 +59,7 @@ def select_files(folder: Path, patterns: Sequence[str], what: str, subset: int,
                  subset_key: str) -> list[Path]:
     """Sorted files of a split folder cut to the first ``subset`` (all when 0); asking for
     more files than there are is an error naming ``subset_key``."""
-    files = list_files(folder, patterns, what)
-    if subset > len(files):
-        raise InputError(f"{folder}: {subset_key} asks for {subset} files, found {len(files)}")
-    return files[:subset] if subset else files
+    return take_subset(list_files(folder, patterns, what), subset, subset_key, folder)
 
 
 def h5_dataset(handle: h5py.File, key: str, path: Path) -> h5py.Dataset:
@@ -70,10 +70,13 @@ def h5_dataset(handle: h5py.File, key: str, path: Path) -> h5py.Dataset:
     return node
 
 
-def subset_and_shard(items: Sequence[Any], subset: int, rank: int, world_size: int) -> list[Any]:
-    """First ``subset`` items (all when 0) of a sorted list, then every ``world_size``-th item."""
-    chosen = list(items[:subset] if subset else items)
-    return chosen[rank::world_size]
+def take_subset(items: Sequence[Any], subset: int, subset_key: str, where: object,
+                what: str = "files") -> list[Any]:
+    """The first ``subset`` items (all when 0) of a sorted list; asking for more ``what`` than
+    there are is an InputError naming ``where`` and ``subset_key``."""
+    if subset > len(items):
+        raise InputError(f"{where}: {subset_key} asks for {subset} {what}, found {len(items)}")
+    return list(items[:subset] if subset else items)
 
 
 def worker_shard(rank: int, world_size: int) -> tuple[int, int]:

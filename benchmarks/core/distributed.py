@@ -7,7 +7,7 @@ than one task, else the run is a single process and no process group is created.
 Under srun, the rendezvous address is the first host of SLURM_JOB_NODELIST and the port is
 derived from the job id, so several jobs sharing a node do not collide.
 
-The backend follows the seed project: ``mpi`` when torch has it and torchrun did not launch
+The backend is chosen as ``auto`` says: ``mpi`` when torch has it and torchrun did not launch
 us (srun with an MPI build of torch), else ``nccl`` on CUDA, else ``gloo``; the config's
 ``distributed.backend`` overrides the choice. Init and every collective are bounded by
 ``distributed.timeout_s`` so that a dead rank ends the job instead of hanging it.

@@ -1,4 +1,4 @@
-"""Errors that end a run with a one-line message and a contract exit code.
+"""Errors that end a run with a one-line message and a documented exit code.
 
 Raise :class:`ConfigError` for a bad configuration key or value and :class:`InputError` for
 a missing, empty or unreadable input file or folder. Both carry a message that names the key

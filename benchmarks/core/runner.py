@@ -28,7 +28,13 @@ from torch import nn
 
 from benchmarks.core import distributed, mllog, rcp
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
-from benchmarks.core.config import Config, ConfigSchema, GlobalContext, TrainingConfig
+from benchmarks.core.config import (
+    Config,
+    ConfigSchema,
+    GlobalContext,
+    TrainingConfig,
+    check_output_paths,
+)
 from benchmarks.core.data import seed_everything
 from benchmarks.core.energy import EnergyMeter
 from benchmarks.core.errors import (
@@ -110,6 +116,7 @@ def train(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         config = context.load(spec.config_path(args.config), spec.schema, overrides)
         device = resolve_device(args.device)
         env = distributed.detect_env()
+        check_output_paths(config.training, writes_log=env.is_main)
         resolve_batch_sizes(config, env.world_size)
         warning = rcp.apply_recipe(spec.name, config, rcp.override_keys(overrides))
         if warning and env.is_main:

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from benchmarks.core.config import DataConfig
+from benchmarks.core.config import DataConfig, PositiveInt, Range
 from benchmarks.core.data import (
     h5_dataset,
     readonly_tensor,
@@ -60,17 +60,14 @@ class CosmoFlowDataConfig(DataConfig):
 
     format: Literal["tfrecord", "hdf5"] = "tfrecord"
     apply_log: bool = True
-    crop_size: int = 0
-    downsample: int = 1
+    crop_size: Annotated[int, Range(low=0, high=VOLUME_EDGE)] = 0
+    downsample: PositiveInt = 1
 
 
 def input_edge(cfg: CosmoFlowDataConfig) -> int:
     """Edge of the cubes the loader delivers, after crop and downsampling."""
     crop = cfg.crop_size or VOLUME_EDGE
-    if not 0 < crop <= VOLUME_EDGE:
-        raise ConfigError(f"config key 'data.crop_size': must be 0 or 1..{VOLUME_EDGE}, "
-                          f"got {cfg.crop_size}")
-    if cfg.downsample < 1 or crop % cfg.downsample:
+    if crop % cfg.downsample:
         raise ConfigError(f"config key 'data.downsample': must be a positive divisor of the "
                           f"crop edge {crop}, got {cfg.downsample}")
     return crop // cfg.downsample

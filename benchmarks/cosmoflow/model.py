@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from benchmarks.core.config import Fraction, PositiveInt
 from benchmarks.core.errors import ConfigError
 
 OUTPUT_SCALE = 1.2
@@ -27,11 +28,11 @@ class ModelConfig:
     must be divisible by ``2 ** len(conv_channels)``.
     """
 
-    in_channels: int = 4
-    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
-    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
-    target_size: int = 4
-    dropout: float = 0.5
+    in_channels: PositiveInt = 4
+    conv_channels: list[PositiveInt] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    hidden_sizes: list[PositiveInt] = field(default_factory=lambda: [128, 64])
+    target_size: PositiveInt = 4
+    dropout: Fraction = 0.5
 
 
 class CosmoFlow(nn.Module):

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from benchmarks.core.config import DataConfig
+from benchmarks.core.config import DataConfig, PositiveInt, Range
 from benchmarks.core.data import h5_dataset, require_dir, select_files, synthetic_samples
 from benchmarks.core.errors import ConfigError, InputError
 from benchmarks.deepcam.model import OUTPUT_STRIDE
@@ -49,20 +50,17 @@ class DeepCAMDataConfig(DataConfig):
     """
 
     stats_file: str = "stats.h5"
-    crop_height: int = 0
-    crop_width: int = 0
-    downsample: int = 1
+    crop_height: Annotated[int, Range(low=0, high=HEIGHT)] = 0
+    crop_width: Annotated[int, Range(low=0, high=WIDTH)] = 0
+    downsample: PositiveInt = 1
 
 
 def input_shape(cfg: DeepCAMDataConfig) -> tuple[int, int]:
     """(height, width) of the images the loader delivers, after crop and downsampling."""
     shape = []
     for key, full in (("crop_height", HEIGHT), ("crop_width", WIDTH)):
-        value = getattr(cfg, key)
-        if not 0 <= value <= full:
-            raise ConfigError(f"config key 'data.{key}': must be 0 or 1..{full}, got {value}")
-        crop = value or full
-        if cfg.downsample < 1 or crop % cfg.downsample:
+        crop = getattr(cfg, key) or full
+        if crop % cfg.downsample:
             raise ConfigError(f"config key 'data.downsample': must be a positive divisor of "
                               f"{crop} (data.{key}), got {cfg.downsample}")
         if (crop // cfg.downsample) % OUTPUT_STRIDE:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from benchmarks.core.config import NonNegativeInt, PositiveInt
 from benchmarks.core.errors import ConfigError
 
 OUTPUT_STRIDE = 16
@@ -33,10 +34,10 @@ ASPP_RATES = (6, 12, 18)
 class ModelConfig:
     """Size knobs; the defaults are the MLPerf HPC reference model (16 inputs, 3 classes)."""
 
-    in_channels: int = 16
-    num_classes: int = 3
-    width_divisor: int = 1
-    middle_blocks: int = 16
+    in_channels: PositiveInt = 16
+    num_classes: PositiveInt = 3
+    width_divisor: PositiveInt = 1
+    middle_blocks: NonNegativeInt = 16
     sync_batchnorm: bool = False
 
 

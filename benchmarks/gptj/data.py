@@ -37,7 +37,7 @@ from tokenizers.implementations import ByteLevelBPETokenizer
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from benchmarks.core.config import DataConfig
+from benchmarks.core.config import DataConfig, NonNegativeInt, PositiveInt
 from benchmarks.core.data import worker_shard
 from benchmarks.core.errors import InputError
 
@@ -60,9 +60,9 @@ class C4DataConfig(DataConfig):
 
     tokenizer: str = "tokenizer"
     train_pattern: str = TRAIN_PATTERN
-    train_shards: list[int] = field(default_factory=list)
+    train_shards: list[NonNegativeInt] = field(default_factory=list)
     eval_pattern: str = "en/c4-validation.00000-of-00008.json.gz"
-    seq_len: int = 2048
+    seq_len: PositiveInt = 2048
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:

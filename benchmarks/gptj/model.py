@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPTJConfig, GPTJForCausalLM
 
+from benchmarks.core.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.metrics import SumMetric
 from benchmarks.core.transformers_models import enable_activation_checkpointing
@@ -37,16 +38,16 @@ class GPTJModelConfig:
     50257 when no tokenizer is at hand, e.g. for the benchmark table).
     """
 
-    vocab_size: int = 0
-    vocab_multiple: int = 200
-    n_positions: int = 2048
-    n_embd: int = 4096
-    n_layer: int = 28
-    n_head: int = 16
-    rotary_dim: int = 64
-    n_inner: int = 0
-    dropout: float = 0.0
-    init_std: float = 0.02
+    vocab_size: NonNegativeInt = 0
+    vocab_multiple: PositiveInt = 200
+    n_positions: PositiveInt = 2048
+    n_embd: PositiveInt = 4096
+    n_layer: PositiveInt = 28
+    n_head: PositiveInt = 16
+    rotary_dim: PositiveInt = 64
+    n_inner: NonNegativeInt = 0
+    dropout: Fraction = 0.0
+    init_std: NonNegativeFloat = 0.02
     activation_checkpointing: bool = False
 
 
@@ -57,8 +58,6 @@ def model_vocab_size(cfg: GPTJModelConfig, tokenizer_size: int = GPT2_VOCAB_SIZE
             raise ConfigError(f"config key 'model.vocab_size': {cfg.vocab_size} is smaller than "
                               f"the tokenizer's {tokenizer_size} tokens")
         return cfg.vocab_size
-    if cfg.vocab_multiple <= 0:
-        raise ConfigError("config key 'model.vocab_multiple': must be positive")
     return math.ceil(tokenizer_size / cfg.vocab_multiple) * cfg.vocab_multiple
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext
-from benchmarks.core.data import build_loader, require_dir
+from benchmarks.core.data import build_loader, require_dir, take_subset
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.loop import Task
 from benchmarks.core.optim import schedule_steps
@@ -53,8 +53,9 @@ def build_task(context: GlobalContext) -> Task:
     root = require_dir(data.data_dir, "C4 dataset")
     tokenizer = load_tokenizer(root / data.tokenizer)
     train_files = list_c4_files(root, data.train_pattern, data.train_shards or None)
-    train_set = C4TrainStream(train_files[: data.train_subset or None], tokenizer, data.seq_len,
-                              env.rank, env.world_size, training.seed)
+    train_files = take_subset(train_files, data.train_subset, "data.train_subset", root)
+    train_set = C4TrainStream(train_files, tokenizer, data.seq_len, env.rank, env.world_size,
+                              training.seed)
     eval_set = C4EvalSet(list_c4_files(root, data.eval_pattern), tokenizer, data.seq_len,
                          data.eval_subset, env.rank, env.world_size)
     common = {"env": env, "device": device, "num_workers": data.num_workers,

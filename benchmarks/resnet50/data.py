@@ -37,7 +37,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from benchmarks.core.config import DataConfig
+from benchmarks.core.config import DataConfig, PositiveInt
 from benchmarks.core.data import require_dir
 from benchmarks.core.errors import ConfigError, InputError
 
@@ -54,8 +54,8 @@ class ImageNetDataConfig(DataConfig):
 
     train_dir: str = "train"
     eval_dir: str = "val"
-    image_size: int = 224
-    resize_size: int = 256
+    image_size: PositiveInt = 224
+    resize_size: PositiveInt = 256
     decoder: Literal["torchvision", "pil"] = "torchvision"
     # Training crop: RandomResizedCrop's range of the image area it keeps.
     crop_area: list[float] = field(default_factory=lambda: [0.08, 1.0])

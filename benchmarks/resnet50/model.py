@@ -12,17 +12,19 @@ from dataclasses import dataclass, field
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from benchmarks.core.config import Fraction, NonNegativeInt, PositiveInt
+
 
 @dataclass
 class ResNetModelConfig:
     """``num_classes`` 0 takes the class count from the training data."""
 
-    layers: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
-    base_width: int = 64
-    num_classes: int = 0
+    layers: list[PositiveInt] = field(default_factory=lambda: [3, 4, 6, 3])
+    base_width: PositiveInt = 64
+    num_classes: NonNegativeInt = 0
     small_input_stem: bool = False
     zero_init_residual: bool = True
-    label_smoothing: float = 0.0
+    label_smoothing: Fraction = 0.0
 
 
 def build_resnet(cfg: ResNetModelConfig, num_classes: int) -> nn.Module:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.alphafold2 import residue_constants as rc
-from benchmarks.alphafold2 import synthetic
+from benchmarks.alphafold2 import synthetic_proteins
 from benchmarks.alphafold2.data import mmcif
 from benchmarks.alphafold2.data.alignments import MSA_FILES
 from benchmarks.alphafold2.data.dataset import CHAINS_TABLE, VALIDATION_LIST
@@ -99,7 +99,7 @@ def sequence_structure(sequence: str) -> tuple[np.ndarray, np.ndarray]:
                                                                  dtype=torch.float64)
     radians = torch.deg2rad(angles)
     torsions = torch.stack([torch.sin(radians), torch.cos(radians)], dim=-1)
-    positions, mask = synthetic.build_structure(aatype, backbone, torsions)
+    positions, mask = synthetic_proteins.build_structure(aatype, backbone, torsions)
     positions = positions.numpy()
     # Carbonyl O in the peptide plane, opposite the bisector of C->CA and C->N(next).
     o = rc.atom_order["O"]

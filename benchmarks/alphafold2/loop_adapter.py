@@ -19,6 +19,7 @@ from benchmarks.alphafold2.data.transforms import iteration_features
 from benchmarks.alphafold2.losses import LossConfig
 from benchmarks.alphafold2.metrics import lddt_ca
 from benchmarks.alphafold2.model import AlphaFold, AlphaFoldConfig
+from benchmarks.core.config import Fraction
 from benchmarks.core.metrics import RatioMetric
 
 
@@ -27,7 +28,7 @@ class AlphaFoldTrainingConfig(AlphaFoldConfig):
     """The ``model`` config section: the network plus its loss and weight averaging."""
 
     loss: LossConfig = field(default_factory=LossConfig)
-    ema_decay: float = 0.999  # AF2; the MLPerf reference uses 0.9. 0 evaluates raw weights.
+    ema_decay: Fraction = 0.999  # AF2; the MLPerf reference uses 0.9. 0 evaluates raw weights.
     # The weights to start from: the MLPerf reference's resumable checkpoint, or OpenFold
     # weights (v1 names; a parameter file or a training checkpoint). A relative path is under
     # data.data_dir; empty: random weights.

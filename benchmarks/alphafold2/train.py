@@ -72,7 +72,7 @@ class AlphaFoldDataConfig(DataConfig):
     # the MLPerf reference do; false: every chain once per epoch.
     weighted_sampling: bool = True
     # Validation chains longer than this are dropped where chains.csv gives their length.
-    eval_max_length: int = 700
+    eval_max_length: PositiveInt = 700
     # The CAMEO submission window the validation list was drawn from (MLPerf: 180 targets,
     # 2021-09-17 to 2021-12-11), logged with the run; "" for other lists.
     eval_cameo_start: str = "2021-09-17"

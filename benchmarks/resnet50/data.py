@@ -37,7 +37,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from benchmarks.core.config import DataConfig, PositiveInt
+from benchmarks.core.config import DataConfig, Fraction, PositiveInt
 from benchmarks.core.data import require_dir
 from benchmarks.core.errors import ConfigError, InputError
 
@@ -58,7 +58,7 @@ class ImageNetDataConfig(DataConfig):
     resize_size: PositiveInt = 256
     decoder: Literal["torchvision", "pil"] = "torchvision"
     # Training crop: RandomResizedCrop's range of the image area it keeps.
-    crop_area: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_area: list[Fraction] = field(default_factory=lambda: [0.08, 1.0])
     # mean_std: (x - mean) / std on [0, 1] (torchvision); mean: x - mean on [0, 255] (the
     # MLPerf TF2 reference's mean subtraction).
     normalize: Literal["mean_std", "mean"] = "mean_std"

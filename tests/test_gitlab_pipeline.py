@@ -18,7 +18,6 @@ import pytest
 
 from tests.reframe_helpers import slurm_unavailable_reason
 
-
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / 'ci' / 'gitlab' / 'mlbench.gitlab-ci.yml'
 PIPELINE_TIMEOUT_S = 900

@@ -82,17 +82,24 @@ def resnet_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth_with_cli(tmp_path_factory, "resnet50", 400)
 
 
-def compliance_failures(log_file: Path, tmp_path: Path, usage: str,
-                        ruleset: str) -> tuple[set[str], str]:
-    """Keys the official MLPerf compliance checker (closed division) fails, and its report."""
-    closed = tmp_path / "closed.txt"
-    closed.write_text(log_file.read_text().replace('"value": "open"', '"value": "closed"'))
+FAILED_CHECK = re.compile(r"CHECK for '(\w+)' failed|Failed checks for (\w+) :")
+MISSING_OR_REPEATED = re.compile(r"Required .*occurrence.*")
+
+
+def check_closed(log_file: Path, workdir: Path, usage: str, ruleset: str) -> tuple[
+        set[str], list[str], str]:
+    """(keys whose checks failed, messages about missing or repeated keys, the report) of
+    the compliance checker on ``log_file`` declared closed-division."""
+    text = log_file.read_text()
+    division = '"key": "submission_division", "value": "open"'
+    closed = workdir / "closed.txt"
+    closed.write_text(text.replace(division, division.replace("open", "closed")))
     checked = subprocess.run(
         [sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", usage,
-         "--ruleset", ruleset, str(closed)], capture_output=True, text=True, cwd=tmp_path)
+         "--ruleset", ruleset, str(closed)], capture_output=True, text=True, cwd=workdir)
     report = checked.stdout + checked.stderr
-    failed = set(re.findall(r"CHECK for '(\w+)' failed", report))
-    failed |= set(re.findall(r"Required .*?'(\w+)'", report))
-    if checked.returncode and not failed:
-        failed.add("(unparsed failure)")
-    return failed, report
+    failed = {a or b for a, b in FAILED_CHECK.findall(report)}
+    missing = MISSING_OR_REPEATED.findall(report)
+    if checked.returncode and not failed and not missing:
+        missing.append(f"unparsed checker failure: {report[-2000:]}")
+    return failed, missing, report

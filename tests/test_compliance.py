@@ -11,15 +11,12 @@ checkpoint); a missing, duplicated or misnamed key always fails the test.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.core.mllog import CLOSED_RULES, submission_division
-from tests.conftest import Completed, run_mlbench
+from tests.conftest import Completed, check_closed, run_mlbench
 
 #: Per benchmark: its ``submission_benchmark`` value, the overrides that make the run short,
 #: and the keys whose closed-rule checks the smoke scale fails on purpose.
@@ -39,29 +36,6 @@ SMOKE_RUNS = {
         "opt_gradient_clip_norm", "val_every_iters", "train_max_pdb_release_date",
         "val_min_cameo_submission_date", "val_max_cameo_submission_date"}),
 }
-
-FAILED_CHECK = re.compile(r"CHECK for '(\w+)' failed|Failed checks for (\w+) :")
-MISSING_OR_REPEATED = re.compile(r"Required .*occurrence.*")
-
-
-def check_closed(log_file: Path, workdir: Path, usage: str, ruleset: str) -> tuple[
-        set[str], list[str], str]:
-    """(keys whose checks failed, messages about missing or repeated keys, the report) of
-    the compliance checker on ``log_file`` declared closed-division."""
-    text = log_file.read_text()
-    division = '"key": "submission_division", "value": "open"'
-    closed = workdir / "closed.txt"
-    closed.write_text(text.replace(division, division.replace("open", "closed")))
-    checked = subprocess.run(
-        [sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", usage,
-         "--ruleset", ruleset, str(closed)], capture_output=True, text=True, cwd=workdir)
-    report = checked.stdout + checked.stderr
-    failed = {a or b for a, b in FAILED_CHECK.findall(report)}
-    missing = MISSING_OR_REPEATED.findall(report)
-    if checked.returncode and not failed and not missing:
-        missing.append(f"unparsed checker failure: {report[-2000:]}")
-    return failed, missing, report
-
 
 @pytest.fixture(scope="module")
 def smoke_logs(tmp_path_factory: pytest.TempPathFactory):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.core import distributed, mllog
+from benchmarks.core import distributed, mllog, placement
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import Config, ConfigSchema, GlobalContext
 from benchmarks.core.data import seed_everything
@@ -106,19 +106,15 @@ def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         env = distributed.detect_env()
         resolve_batch_sizes(config, env.world_size)
-        _limit_threads()
+        threads = placement.apply_threads(env.launcher)
         keep_freed_memory()
         env = distributed.init_process_group(config.distributed.backend, device,
                                              config.distributed.timeout_s)
-        if device.type == "cuda":
-            device = torch.device("cuda", env.local_rank)
-            torch.cuda.set_device(device)
+        device = placement.select_device(device, env.local_rank)
         context.dist, context.device = env, device
-        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-        print(f"[mlbench] rank {env.rank}/{env.world_size} local_rank {env.local_rank} "
-              f"node {node} device {device} launcher {env.launcher} "
-              f"backend {env.backend or 'none'}", file=sys.stderr, flush=True)
+        print(placement.rank_line(env, device, threads), file=sys.stderr, flush=True)
         log = mllog.MLLogger(enabled=env.is_main, log_file=config.training.log_file)
+        placement.log_environment(log, env.world_size, device)
         return _run(spec, context, config, env, device, log)
     except BenchmarkError as err:
         reason = one_line(err)
@@ -258,13 +254,6 @@ def keep_freed_memory() -> None:
         return
     mallopt(_M_MMAP_THRESHOLD, _HEAP_ALLOCATION_LIMIT)
     mallopt(_M_TRIM_THRESHOLD, _KEPT_HEAP_BYTES)
-
-
-def _limit_threads() -> None:
-    """Under srun, use the CPUs Slurm gave this task instead of every core on the node."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(int(cpus))
 
 
 def _log_hyperparameters(log: mllog.MLLogger, config: Config, task: Task, base_lr: float,

@@ -5,6 +5,7 @@ Shared by the ReFrame suite tests and the reliability tests that drive ReFrame.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -61,3 +62,13 @@ def slurm_unavailable_reason() -> str | None:
     if ping.returncode != 0 or 'UP' not in ping.stdout:
         return '`scontrol ping` failed; start the cluster with `bash ci/slurm/start.sh`'
     return None
+
+
+def load_results_module():
+    """``reframe_tests/mlbench_results.py``, imported as ReFrame would (no ReFrame needed)."""
+    spec = importlib.util.spec_from_file_location('mlbench_results_under_test',
+                                                  TESTS_DIR / 'mlbench_results.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -62,6 +62,13 @@ def test_users_thread_settings_are_kept() -> None:
     assert placement.intra_op_threads("torchrun", explicit, NODE_CPUS) == 1
 
 
+def test_torchrun_workers_get_disjoint_slices_of_the_task() -> None:
+    slices = [placement.own_cpus(set(range(8)), rank, 4) for rank in range(4)]
+    assert slices == [{0, 1}, {2, 3}, {4, 5}, {6, 7}]
+    assert placement.own_cpus({0, 1}, 1, 4) == {0, 1}  # fewer CPUs than ranks: shared
+    assert placement.own_cpus({4, 5, 6}, 0, 1) == {4, 5, 6}
+
+
 def test_bad_explicit_thread_count_names_the_variable() -> None:
     with pytest.raises(ValueError, match=placement.THREADS_ENV):
         placement.intra_op_threads("srun", {placement.THREADS_ENV: "many"}, NODE_CPUS)

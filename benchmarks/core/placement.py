@@ -9,6 +9,10 @@ Launch layouts this module handles:
 
 Both are ``local_rank % visible GPUs``, so no launcher-specific rule is needed.
 
+Cores: Slurm binds srun tasks (``--cpu-bind``); torchrun does not bind its workers, so each
+worker pins itself to its own contiguous slice of the task's CPUs (``LOCAL_RANK`` of
+``LOCAL_WORLD_SIZE``) when there are at least as many CPUs as workers.
+
 Threads: the CPUs Slurm gave the task (``SLURM_CPUS_PER_TASK``, narrowed by the affinity
 mask) divided by the ranks that task starts (1 under srun, ``LOCAL_WORLD_SIZE`` under
 torchrun). torchrun sets ``OMP_NUM_THREADS=1`` for its workers when it starts more than one
@@ -55,6 +59,27 @@ def task_cpus(environ: Mapping[str, str], affinity: set[int]) -> int:
     if slurm_cpus.isdigit() and int(slurm_cpus) > 0:
         return min(int(slurm_cpus), len(affinity)) if affinity else int(slurm_cpus)
     return max(1, len(affinity))
+
+
+def own_cpus(mask: set[int], local_rank: int, ranks: int) -> set[int]:
+    """Slice ``local_rank`` of ``ranks`` contiguous, equal slices of ``mask`` (the mask itself
+    when it has fewer CPUs than ranks)."""
+    ordered = sorted(mask)
+    if ranks <= 1 or len(ordered) < ranks:
+        return set(ordered)
+    size = len(ordered) // ranks
+    return set(ordered[local_rank * size:(local_rank + 1) * size])
+
+
+def bind_torchrun_worker(launcher: str) -> None:
+    """Pin this torchrun worker to its own slice of the task's CPUs (see the module doc)."""
+    ranks = ranks_in_task(launcher, os.environ)
+    mask = affinity()
+    if launcher != "torchrun" or ranks <= 1 or not mask:
+        return
+    cpus = own_cpus(mask, int(os.environ.get("LOCAL_RANK", "0")), ranks)
+    if cpus != mask:
+        os.sched_setaffinity(0, cpus)
 
 
 def intra_op_threads(launcher: str, environ: Mapping[str, str], affinity: set[int]) -> int:
@@ -106,8 +131,9 @@ def select_device(device: torch.device, local_rank: int) -> torch.device:
 
 
 def apply_threads(launcher: str) -> int:
-    """Size torch's intra-op pool for this rank and return the thread count."""
+    """Pin a torchrun worker to its cores, size torch's intra-op pool, return the threads."""
     threads = intra_op_threads(launcher, os.environ, affinity())
+    bind_torchrun_worker(launcher)
     torch.set_num_threads(threads)
     return threads
 

@@ -33,6 +33,8 @@ and 8 nodes). A site adds its own systems in a file of its own: ``-C site_config
 """
 
 import os
+import shutil
+import subprocess
 import sys
 
 REPO_ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
@@ -159,6 +161,20 @@ SLURM_CI_SYSTEM = {
     ],
 }
 
+def _local_gpus() -> int:
+    """NVIDIA GPUs of this host (``nvidia-smi -L``), 0 without the tool."""
+    if not shutil.which('nvidia-smi'):
+        return 0
+    try:
+        listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True,
+                                 timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith('GPU ') for line in listing.stdout.splitlines())
+
+
+LOCAL_GPUS = _local_gpus()
+
 LOCAL_SYSTEM = {
     'name': 'local',
     'descr': 'This machine, local scheduler: the smoke scale on a laptop or workstation',
@@ -167,11 +183,14 @@ LOCAL_SYSTEM = {
     'partitions': [
         {
             'name': 'default',
-            'descr': 'Processes on this host, one at a time',
+            'descr': 'Processes on this host, one at a time (processor detected by ReFrame)',
             'scheduler': 'local',
             'launcher': 'local',
             'environs': ['mlbench'],
-            'features': ['cpu'],
+            # A workstation with NVIDIA GPUs also runs the GPU smoke variants (one rank per
+            # GPU: use -S launcher=torchrun when it has more than one).
+            'features': ['cpu', 'gpu'] if LOCAL_GPUS else ['cpu'],
+            'devices': [{'type': 'gpu', 'num_devices': LOCAL_GPUS}] if LOCAL_GPUS else [],
             'max_jobs': 1,
         },
     ],

@@ -23,7 +23,6 @@ once into a summary and holds the verdicts. This file defines no ``@simple_test`
 
 from __future__ import annotations
 
-import math
 import os
 
 import mlbench_hooks as hooks
@@ -210,11 +209,10 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
             raise SanityError(f'{self.benchmark}: {reason}')
         return True
 
-    def _performance_value(self, name: str) -> float:
-        """The measured value, or NaN where nothing was measured (ReFrame rejects None in a
-        passing test's performance stage; a failed test's row says None)."""
+    def _performance_value(self, name: str):
+        """The measured value, or ``NOT_MEASURED`` (logged as None; see mlbench_results)."""
         value = self._perf_values[name]
-        return math.nan if value is None else value
+        return results.NOT_MEASURED if value is None else value
 
 
 class MLBenchSmokeTest(MLBenchTest):

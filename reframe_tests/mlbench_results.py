@@ -8,6 +8,7 @@ the parsing is tested on synthetic logs without ReFrame (``tests/test_reframe_re
 from __future__ import annotations
 
 import json
+import numbers
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -22,6 +23,33 @@ TORCHRUN_FAILURE = re.compile(r'^\s*exitcode\s*:\s*(-?\d+)\s*\(pid: \d+\)', re.M
 TIME_LIMIT_LINE = re.compile(r'CANCELLED AT \S+ DUE TO TIME LIMIT')
 NON_FINITE = re.compile(r'\b(nan|inf)\b', re.IGNORECASE)
 QUALITY_KEYS = ('eval_accuracy', 'eval_error')
+
+
+class NotMeasured(numbers.Number):
+    """A performance value the run did not measure (no energy counter, no staging...).
+
+    ReFrame 4.10 refuses ``None`` from a performance function of a passing test, and NaN
+    fails every reference check. This value is written ``None`` in perflogs (``null`` in
+    JSON), like the values of a failed test; it is within an unbounded reference and outside
+    any bound, so a reference that asks for a value fails when there is none.
+    """
+
+    def __ge__(self, other: float) -> bool:
+        return other == float('-inf')
+
+    def __le__(self, other: float) -> bool:
+        return other == float('inf')
+
+    def __str__(self) -> str:
+        return 'None'
+
+    __repr__ = __str__
+
+    def __rfm_json_encode__(self) -> None:
+        return None
+
+
+NOT_MEASURED = NotMeasured()
 
 
 @dataclass

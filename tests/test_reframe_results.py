@@ -297,3 +297,10 @@ def test_results_module_imports_nothing_heavy() -> None:
             'heavy = {"torch", "reframe", "numpy", "pandas"} & set(sys.modules); '
             'assert not heavy, heavy')
     subprocess.run([sys.executable, '-c', code], cwd=REPO, check=True)
+
+
+def test_not_measured_passes_only_unbounded_checks_and_prints_none() -> None:
+    value = base.NOT_MEASURED
+    assert str(value) == 'None' and value.__rfm_json_encode__() is None
+    assert value >= float('-inf') and value <= float('inf')
+    assert not value >= 0.0 and not value <= 100.0

@@ -24,6 +24,7 @@ from tests.reframe_helpers import (
     job_script,
     load_results_module,
     reframe,
+    reframe_command,
     run_report,
     slurm_unavailable_reason,
 )
@@ -207,7 +208,7 @@ def test_local_smoke_run_logs_every_performance_variable(local_run: tuple[Path, 
     assert float(row['epoch_time_value']) > 0
     assert int(float(row['epochs_to_target_value'])) >= 1
     assert row['epochs_to_target_unit'] == 'epochs'
-    assert row['slurm_energy_value'] == 'NaN'  # no Slurm here: not measured
+    assert row['slurm_energy_value'] == 'None'  # no Slurm here: not measured
     # Settings and environment columns, from the test and the mlbench_environment event.
     assert (row['launcher'], row['batch_size'], row['cpu_rank_unit'], row['num_ranks'],
             row['overrides']) == ('srun', '0', 'node', '1', '')
@@ -307,3 +308,59 @@ def test_slurm_crashing_rank_fails_with_reason(slurm_run: tuple[Path, list[dict]
     expected = ('node1: task 1: Exited with exit code 17' if launcher == 'srun'
                 else 'torchrun worker exit code 17')
     assert expected in case['fail_reason'], case['fail_reason']
+
+
+REPLAYED_CHECKS = REPO / 'tests' / 'reframe_checks' / 'replayed_resnet50.py'
+
+
+def replayed_run(tmp_path: Path, references: str, *options: str) -> list[dict]:
+    """Run ``resnet50_replayed`` on a recorded successful output (120 samples/s, 4 epochs)
+    with ``references`` as the external references file under RFM_REFERENCE_PREFIX."""
+    from tests.test_reframe_results import RunLog, rank_lines
+
+    stdout = (RunLog().start_run(target=0.9).epoch(1, 100.0, 2.0, 0.5).epoch(2, 120.0, 1.5, 0.7)
+              .epoch(3, 120.0, 1.5, 0.8).epoch(4, 120.0, 1.5, 0.92).stop('success', 9_000, 4))
+    (tmp_path / 'replay.out').write_text(stdout)
+    (tmp_path / 'replay.err').write_text(rank_lines(['vm']))
+    (tmp_path / 'refs').mkdir()
+    (tmp_path / 'refs' / 'mlbench_references.yaml').write_text(references)
+    command, env = reframe_command(['-c', str(REPLAYED_CHECKS), '-n', 'resnet50_replayed',
+                                    '-S', f'replay_stdout={tmp_path / "replay.out"}',
+                                    '-S', f'replay_stderr={tmp_path / "replay.err"}',
+                                    *options, '-r'])
+    env['RFM_REFERENCE_PREFIX'] = str(tmp_path / 'refs')
+    subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return [case for case in run_report(tmp_path) if case['name'].startswith('resnet50_replayed')]
+
+
+REFERENCES = '''\
+resnet50_replayed:
+  $index: ['$partition', device, num_nodes, scale]
+  local:default:
+    cpu:
+      1:
+        smoke:
+          throughput: [{throughput}, -0.1, null, samples/s]
+          epochs_to_target: [4, null, 0.5, epochs]
+'''
+
+
+@pytest.mark.slow
+def test_run_outside_its_reference_band_fails_in_performance(tmp_path: Path) -> None:
+    case, = replayed_run(tmp_path, REFERENCES.format(throughput=500.0))
+    assert case['result'] == 'fail' and case['fail_phase'] == 'performance', case
+    assert 'throughput=120.0 samples/s, expected 500.0' in case['fail_reason']
+
+
+@pytest.mark.slow
+def test_run_inside_its_band_passes_and_logs_settings(tmp_path: Path) -> None:
+    cases = replayed_run(tmp_path, REFERENCES.format(throughput=118.0),
+                         '-P', 'batch_size=64,128')
+    assert [case['result'] for case in cases] == ['pass', 'pass'], cases
+    perf = {key.rsplit(':', 1)[1]: value for key, value in cases[0]['perfvalues'].items()}
+    assert perf['throughput'][:2] == [120.0, 118.0] and perf['epochs_to_target'][:2] == [4, 4]
+    perflog = tmp_path / 'perflogs' / 'local' / 'default' / 'resnet50_replayed.log'
+    rows = perflog_rows(perflog)
+    assert sorted(row['batch_size'] for row in rows) == ['128', '64']
+    assert {row['num_ranks'] for row in rows} == {'1'}
+    assert {row['staging_time_value'] for row in rows} == {'None'}

@@ -206,7 +206,7 @@ def test_lost_node_fails_the_test_naming_the_node(tmp_path: Path) -> None:
             subprocess.run(["bash", str(REPO / "ci" / "slurm" / "start.sh")],
                            capture_output=True, text=True, timeout=300, check=False)
     assert elapsed < NODE_LOSS_DEADLINE_S, output[-3000:]
-    case, = run_report(tmp_path)
+    case, = [case for case in run_report(tmp_path) if case["name"].startswith("resnet50_smoke ")]
     assert case["result"] == "fail", output[-3000:]
     assert "node2" in case["fail_reason"] and "NODE_FAIL" in case["fail_reason"], (
         case["fail_reason"])

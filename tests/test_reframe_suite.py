@@ -364,3 +364,33 @@ def test_run_inside_its_band_passes_and_logs_settings(tmp_path: Path) -> None:
     assert sorted(row['batch_size'] for row in rows) == ['128', '64']
     assert {row['num_ranks'] for row in rows} == {'1'}
     assert {row['staging_time_value'] for row in rows} == {'None'}
+
+
+NO_PROCESSOR_SITE = '''
+site_configuration = {
+    'systems': [{
+        'name': 'bare', 'hostnames': ['^bare$'], 'modules_system': 'nomod',
+        'partitions': [{'name': 'cpu', 'scheduler': 'slurm', 'launcher': 'srun',
+                        'environs': ['mlbench'], 'features': ['cpu']}],
+    }],
+}
+'''
+
+
+def test_partition_without_processor_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    site = tmp_path / 'bare_site.py'
+    site.write_text(NO_PROCESSOR_SITE)
+    result = reframe(['-C', str(site), '--system', 'bare', '-c', str(TESTS_DIR / 'resnet50.py'),
+                      '-n', '^resnet50_smoke%num_nodes=1', '--dry-run'], tmp_path, timeout=300)
+    skips = dict(SKIP_LINE.findall(result.stdout))
+    assert skips == {'resnet50_smoke %num_nodes=1 %device=cpu': (
+        "partition bare:cpu has no processor description: add a 'processor' block (or set "
+        "'remote_detect' and run with --detect-host-topology) so each rank gets its CPUs")}, (
+        result.stdout)
+
+
+@pytest.mark.parametrize(('mode', 'tag'), [('ci-smoke', 'smoke'), ('nightly', 'full')])
+def test_modes_select_one_scale(mode: str, tag: str, tmp_path: Path) -> None:
+    names = [line for line in listing('example-gpu', tmp_path, '--mode', mode, '-n', 'resnet50')
+             if line.startswith('- ')]
+    assert [line.split(' ')[1] for line in names] == [f'resnet50_{tag}'] * len(NODE_COUNTS)

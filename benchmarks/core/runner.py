@@ -114,7 +114,6 @@ def run_with_args(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         context.dist, context.device = env, device
         print(placement.rank_line(env, device, threads), file=sys.stderr, flush=True)
         log = mllog.MLLogger(enabled=env.is_main, log_file=config.training.log_file)
-        placement.log_environment(log, env.world_size, device)
         return _run(spec, context, config, env, device, log)
     except BenchmarkError as err:
         reason = one_line(err)
@@ -140,6 +139,7 @@ def _run(spec: BenchmarkSpec, context: GlobalContext, config: Config, env: distr
     nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
     log.submission(spec.mllog_name, platform=socket.gethostname(), num_nodes=nodes,
                    accelerators_per_node=env.local_world_size if device.type == "cuda" else 0)
+    placement.log_environment(log, env.world_size, device)
     seed_everything(config.training.seed, env.rank)
     log.event(constants.SEED, config.training.seed)
     task = spec.build_task(context)

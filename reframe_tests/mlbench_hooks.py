@@ -68,8 +68,8 @@ def require_processor(test) -> int:
     partition = test.current_partition
     test.skip_if(not partition.processor.num_cpus,
                  f'partition {partition.fullname} has no processor description: add a '
-                 f"'processor' block (or set 'remote_detect' and run with "
-                 f'--detect-host-topology) so each rank gets its CPUs')
+                 f"'processor' block (or set general/remote_detect: ReFrame then detects it "
+                 f'with a job) so each rank gets its CPUs')
     return partition.processor.num_cpus
 
 

@@ -385,7 +385,8 @@ def test_partition_without_processor_is_skipped_with_the_reason(tmp_path: Path) 
     skips = dict(SKIP_LINE.findall(result.stdout))
     assert skips == {'resnet50_smoke %num_nodes=1 %device=cpu': (
         "partition bare:cpu has no processor description: add a 'processor' block (or set "
-        "'remote_detect' and run with --detect-host-topology) so each rank gets its CPUs")}, (
+        "general/remote_detect: ReFrame then detects it with a job) so each rank gets its "
+        "CPUs")}, (
         result.stdout)
 
 

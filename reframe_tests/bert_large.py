@@ -1,14 +1,20 @@
-"""BERT-Large on the MLPerf Wikipedia shards (``benchmarks/bert_large``), to its MLM accuracy."""
+"""BERT-Large on the MLPerf Wikipedia shards (``benchmarks/bert_large``), to its MLM accuracy.
+
+Its MLPerf rules count ``epoch_num`` in samples: ``epochs_to_target`` is in samples.
+"""
 
 import reframe as rfm
-from mlbench_base import MLBenchTest, smoke_data_fixture
+from mlbench_base import MLBenchFullTest, MLBenchSmokeTest, smoke_data_fixture
 
 
 @rfm.simple_test
-class bert_large_train(MLBenchTest):
+class bert_large_smoke(MLBenchSmokeTest):
     benchmark = 'bert_large'
+    epochs_unit = 'samples'
     smoke_data = smoke_data_fixture('bert_large')
 
-    # Indexed like resnet50_train's: ('$partition', 'device', 'num_nodes'). No measured
-    # references yet: performance is logged and compared over time by perflogs_parsers.
-    reference = {'$index': ('$partition', 'device', 'num_nodes')}
+
+@rfm.simple_test
+class bert_large_full(MLBenchFullTest):
+    benchmark = 'bert_large'
+    epochs_unit = 'samples'

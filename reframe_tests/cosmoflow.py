@@ -1,14 +1,15 @@
 """CosmoFlow on the cosmoUniverse volumes (``benchmarks/cosmoflow``), trained to its MAE target."""
 
 import reframe as rfm
-from mlbench_base import MLBenchTest, smoke_data_fixture
+from mlbench_base import MLBenchFullTest, MLBenchSmokeTest, smoke_data_fixture
 
 
 @rfm.simple_test
-class cosmoflow_train(MLBenchTest):
+class cosmoflow_smoke(MLBenchSmokeTest):
     benchmark = 'cosmoflow'
     smoke_data = smoke_data_fixture('cosmoflow')
 
-    # Indexed like resnet50_train's: ('$partition', 'device', 'num_nodes'). No measured
-    # references yet: performance is logged and compared over time by perflogs_parsers.
-    reference = {'$index': ('$partition', 'device', 'num_nodes')}
+
+@rfm.simple_test
+class cosmoflow_full(MLBenchFullTest):
+    benchmark = 'cosmoflow'

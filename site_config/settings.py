@@ -17,19 +17,34 @@ Everything ReFrame writes goes under the working folder: ``stage/``, ``output/``
 Perflogs use the project's format (``perflogs_parsers/formats.py``); with
 ``MLBENCH_PERFLOG_URL`` set, each record is also posted as JSON to that URL.
 
-Partition conventions the tests rely on (``reframe_tests/mlbench_base.py``):
-``features`` ``cpu`` and/or ``gpu``; GPUs in ``devices`` (one rank per GPU) and requested
-through the ``_rfm_gpu`` resource; ``processor.num_cpus`` (split between the ranks of a
-node); ``extras.datasets.<benchmark>``: the dataset folder of each full-scale benchmark;
-``extras.max_nodes``: node counts above it are skipped.
+Partition conventions the tests rely on (``reframe_tests/mlbench_hooks.py``):
+``features`` ``cpu`` and/or ``gpu`` (GPU tests list only ``+gpu`` partitions, CPU tests only
+``+cpu`` ones; full scale on a CPU partition also needs the ``full_scale_cpu`` feature); GPUs
+in ``devices`` (one rank per GPU) and requested through the ``_rfm_gpu`` resource; a
+``processor`` block (its CPUs are split between the ranks of a node; a partition without one
+is skipped); ``extras.datasets.<benchmark>``: the dataset folder of each full-scale
+benchmark; ``extras.max_nodes``: node counts above it are skipped; ``extras.cpu_bind`` and
+``extras.gpu_bind``: srun's ``--cpu-bind`` and ``--gpu-bind`` values.
+
+Modes: ``--mode ci-smoke`` (every benchmark at smoke scale), ``--mode nightly`` (full scale,
+node counts 1 and 2 where the partition has them), ``--mode scaling`` (full scale on 1, 2, 4
+and 8 nodes). A site adds its own systems in a file of its own: ``-C site_config/settings.py
+-C mysite.py`` (``site_config/example_site.py``, docs/reframe.md).
 """
 
 import os
+import shutil
+import subprocess
+import sys
 
-from perflogs_parsers.formats import filelog_handler, httpjson_handlers_from_env
+REPO_ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+# The one line that lets a ReFrame installed outside the project's venv (its own Python) import
+# the project's modules, here and in reframe_tests/ (docs/reframe.md, "Central ReFrame").
+sys.path.insert(0, REPO_ROOT)
 
-TESTS_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                                          'reframe_tests'))
+from perflogs_parsers.formats import filelog_handler, httpjson_handlers_from_env  # noqa: E402
+
+TESTS_DIR = os.path.join(REPO_ROOT, 'reframe_tests')
 
 
 def _datasets(root: str) -> dict[str, str]:
@@ -75,7 +90,8 @@ EXAMPLE_CPU_SYSTEM = {
                 'topology': {'numa_nodes': _cpu_masks(16, 8)},
             },
             'max_jobs': 16,
-            'extras': {'datasets': _datasets('/work/mlbench/datasets'), 'max_nodes': 1024},
+            'extras': {'datasets': _datasets('/work/mlbench/datasets'), 'max_nodes': 1024,
+                       'cpu_bind': 'cores'},
         },
     ],
 }
@@ -107,10 +123,15 @@ EXAMPLE_GPU_SYSTEM = {
                 {'name': '_rfm_gpu', 'options': ['--gres=gpu:{num_gpus_per_node}']},
             ],
             'max_jobs': 16,
-            'extras': {'datasets': _datasets('/scratch/mlbench/datasets'), 'max_nodes': 64},
+            # srun binds each rank to its cores and to the GPU closest to them.
+            'extras': {'datasets': _datasets('/scratch/mlbench/datasets'), 'max_nodes': 64,
+                       'cpu_bind': 'cores', 'gpu_bind': 'closest'},
         },
     ],
 }
+
+# ci/slurm/common.sh: each emulated node has the host's CPUs (an even count), 2 sockets.
+SLURM_CI_CPUS = max(2, (os.cpu_count() or 2) // 2 * 2)
 
 SLURM_CI_SYSTEM = {
     'name': 'slurm-ci',
@@ -120,7 +141,7 @@ SLURM_CI_SYSTEM = {
     'partitions': [
         {
             'name': 'default',
-            'descr': 'node1 and node2, 4 CPUs each, on this host',
+            'descr': 'node1 and node2 on this host, 2 sockets (NUMA nodes) each',
             'scheduler': 'slurm',
             'launcher': 'srun',
             'access': ['--partition=debug'],
@@ -128,18 +149,31 @@ SLURM_CI_SYSTEM = {
             'environs': ['mlbench'],
             'features': ['cpu'],
             'processor': {
-                'num_cpus': 4,
+                'num_cpus': SLURM_CI_CPUS,
                 'num_cpus_per_core': 1,
-                'num_sockets': 1,
-                'num_cpus_per_socket': 4,
+                'num_sockets': 2,
+                'num_cpus_per_socket': SLURM_CI_CPUS // 2,
+                'topology': {'numa_nodes': _cpu_masks(SLURM_CI_CPUS // 2, 2)},
             },
-            # The emulated nodes share the host's few real cores: one thread per rank.
-            'env_vars': [['OMP_NUM_THREADS', '1']],
             'max_jobs': 4,
-            'extras': {'max_nodes': 2},
+            'extras': {'max_nodes': 2, 'cpu_bind': 'cores'},
         },
     ],
 }
+
+def _local_gpus() -> int:
+    """NVIDIA GPUs of this host (``nvidia-smi -L``), 0 without the tool."""
+    if not shutil.which('nvidia-smi'):
+        return 0
+    try:
+        listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True,
+                                 timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith('GPU ') for line in listing.stdout.splitlines())
+
+
+LOCAL_GPUS = _local_gpus()
 
 LOCAL_SYSTEM = {
     'name': 'local',
@@ -149,11 +183,14 @@ LOCAL_SYSTEM = {
     'partitions': [
         {
             'name': 'default',
-            'descr': 'Processes on this host, one at a time',
+            'descr': 'Processes on this host, one at a time (processor detected by ReFrame)',
             'scheduler': 'local',
             'launcher': 'local',
             'environs': ['mlbench'],
-            'features': ['cpu'],
+            # A workstation with NVIDIA GPUs also runs the GPU smoke variants (one rank per
+            # GPU: use -S launcher=torchrun when it has more than one).
+            'features': ['cpu', 'gpu'] if LOCAL_GPUS else ['cpu'],
+            'devices': [{'type': 'gpu', 'num_devices': LOCAL_GPUS}] if LOCAL_GPUS else [],
             'max_jobs': 1,
         },
     ],
@@ -170,6 +207,12 @@ site_configuration = {
             'features': ['pytorch'],
             'target_systems': ['*'],
         },
+    ],
+    # reframe --mode NAME -r: the suite's three ways to run.
+    'modes': [
+        {'name': 'ci-smoke', 'options': ['-t', '^smoke$']},
+        {'name': 'nightly', 'options': ['-t', '^full$']},
+        {'name': 'scaling', 'options': ['-t', '^full$', '-P', 'num_nodes=1,2,4,8']},
     ],
     'general': [
         {

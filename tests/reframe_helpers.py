@@ -5,6 +5,7 @@ Shared by the ReFrame suite tests and the reliability tests that drive ReFrame.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -19,12 +20,19 @@ TESTS_DIR = REPO / 'reframe_tests'
 REFRAME = shutil.which('reframe') or str(Path(sys.executable).with_name('reframe'))
 
 
-def reframe(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess[str]:
-    """Run ``reframe -C site_config/settings.py ARGS`` in ``cwd``, one thread per rank."""
+def reframe_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``reframe -C site_config/settings.py ARGS`` and its environment: no RFM_* settings,
+    one thread per rank."""
     env = {key: value for key, value in os.environ.items() if not key.startswith('RFM_')}
     env.update(OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', RFM_COLORIZE='n')
-    return subprocess.run([REFRAME, '-C', str(SETTINGS), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return [REFRAME, '-C', str(SETTINGS), *args], env
+
+
+def reframe(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess[str]:
+    """Run ``reframe -C site_config/settings.py ARGS`` in ``cwd``, one thread per rank."""
+    command, env = reframe_command(args)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def run_report(workdir: Path) -> list[dict]:
@@ -61,3 +69,13 @@ def slurm_unavailable_reason() -> str | None:
     if ping.returncode != 0 or 'UP' not in ping.stdout:
         return '`scontrol ping` failed; start the cluster with `bash ci/slurm/start.sh`'
     return None
+
+
+def load_results_module():
+    """``reframe_tests/mlbench_results.py``, imported as ReFrame would (no ReFrame needed)."""
+    spec = importlib.util.spec_from_file_location('mlbench_results_under_test',
+                                                  TESTS_DIR / 'mlbench_results.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -310,7 +310,7 @@ def test_smoke_run_two_processes(bert_synth):
     done = run_mlbench("train", "bert_large", "--config", "smoke", "--data-dir", str(bert_synth),
                        launcher=("torchrun", "--standalone", "--nproc_per_node=2"))
     assert done.returncode == 0, done.stderr
-    assert "rank 1/2" in done.stderr and len(done.events("run_start")) == 1
+    assert "rank=1/2" in done.stderr and len(done.events("run_start")) == 1
     assert done.events("train_samples")[0]["value"] == SPEC.default_samples
     print(f"bert_large smoke, 2 processes: {done.time_to_target():.1f} s to target, "
           f"{done.events('mlbench_throughput')[-1]['value']:.1f} samples/s")

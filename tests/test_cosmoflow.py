@@ -400,7 +400,7 @@ def test_smoke_run_with_two_processes(smoke_data):
     done = run_mlbench("train", "cosmoflow", "--config", "smoke", "--data-dir", str(smoke_data),
                        launcher=("torchrun", "--standalone", "--nproc_per_node=2"))
     assert_reached_target(done)
-    assert "rank 1/2" in done.stderr and "backend gloo" in done.stderr
+    assert "rank=1/2" in done.stderr and "backend=gloo" in done.stderr
 
 
 @pytest.mark.slow

@@ -255,7 +255,7 @@ def test_two_gloo_processes(c4_synth, strategy):
                        "--set", f"model.activation_checkpointing={strategy == 'fsdp'}",
                        launcher=("torchrun", "--standalone", "--nproc_per_node=2"))
     assert done.returncode == 0, done.stderr
-    assert "rank 1/2" in done.stderr and "backend gloo" in done.stderr
+    assert "rank=1/2" in done.stderr and "backend=gloo" in done.stderr
     assert done.events("run_stop")[0]["metadata"]["status"] == "success"
     report(done, f"2 processes, {strategy}")
 

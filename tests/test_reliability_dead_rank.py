@@ -6,7 +6,7 @@ reached the chosen phase (``startup``: the rank's process exists, it has not joi
 process group yet; ``training``: rank 0 logged ``epoch_start``), kills the chosen rank's own
 process (not its DataLoader workers) with SIGKILL and measures how long the launcher takes to
 exit. It must exit non-zero within :data:`DEADLINE_S`, and the reason the ReFrame layer
-would give (``failure_reason`` of ``reframe_tests/mlbench_base.py``) must name the dead rank.
+would give (``failure_reason`` of ``reframe_tests/mlbench_results.py``) must name the dead rank.
 
 The launcher is found by an environment variable holding a fresh token: every process of the
 job (srun tasks included, Slurm exports the environment) carries it in ``/proc/PID/environ``.
@@ -40,7 +40,7 @@ RANK_VARIABLE = {"torchrun": "RANK", "srun": "SLURM_PROCID"}
 def _load_reframe_base():
     """The ReFrame layer's sanity helpers (a plain file there: ReFrame loads it by path)."""
     spec = importlib.util.spec_from_file_location(
-        "mlbench_base_for_dead_rank", REPO / "reframe_tests" / "mlbench_base.py")
+        "mlbench_results_for_dead_rank", REPO / "reframe_tests" / "mlbench_results.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)

@@ -29,8 +29,8 @@ PACKAGE_DIRS = ("benchmarks", "perflogs_parsers", "reframe_tests", "site_config"
 SHELL_CALLS = {("os", "system"), ("os", "popen"), ("os", "execlp"), ("subprocess", "getoutput"),
                ("subprocess", "getstatusoutput"), ("pty", "spawn")}
 SAFE_YAML = {"safe_load", "safe_load_all", "safe_dump", "safe_dump_all", "dump", "YAMLError"}
-LOCAL_SMOKE = "^resnet50_train%num_nodes=1%device=cpu%scale=smoke$"
-GPU_FULL = "^resnet50_train%num_nodes=2%device=gpu%scale=full$"
+LOCAL_SMOKE = "^resnet50_smoke%num_nodes=1%device=cpu$"
+GPU_FULL = "^resnet50_full%num_nodes=2%device=gpu$"
 
 
 def package_modules() -> list[Path]:
@@ -124,7 +124,7 @@ def expected_train_arguments(values: dict[str, str], device: str) -> list[str]:
 def test_local_job_script_passes_hostile_values_verbatim(tmp_path: Path) -> None:
     values = hostile_values(tmp_path)
     cases = dry_run(tmp_path, values, "-c", str(TESTS_DIR / "resnet50.py"), "-n", LOCAL_SMOKE)
-    command_line = job_script(find_case(cases, "resnet50_train")).splitlines()[-1]
+    command_line = job_script(find_case(cases, "resnet50_smoke")).splitlines()[-1]
     assert command_line.startswith("mlbench train resnet50 "), command_line
 
     argv = arguments_bash_passes(command_line, "mlbench", tmp_path)
@@ -137,7 +137,7 @@ def test_cluster_job_scripts_pass_hostile_values_verbatim(tmp_path: Path, launch
     values = hostile_values(tmp_path)
     cases = dry_run(tmp_path, values, "--system", "example-gpu", "-c",
                     str(TESTS_DIR / "resnet50.py"), "-n", GPU_FULL, "-S", f"launcher={launcher}")
-    script = job_script(find_case(cases, "resnet50_train"))
+    script = job_script(find_case(cases, "resnet50_full"))
     command_line = next(line for line in script.splitlines() if line.startswith("srun "))
 
     argv = arguments_bash_passes(command_line, "srun", tmp_path)
@@ -156,7 +156,7 @@ def test_reframe_runs_on_a_data_folder_named_like_an_attack(resnet_data: Path,
                       "-S", f"data_dir={weird}", "-S", "epochs=1", "-S", "target=0",
                       "-S", f"overrides=training.log_file={log}", "-r"], tmp_path, timeout=900)
 
-    case = find_case(run_report(tmp_path), "resnet50_train")
+    case = find_case(run_report(tmp_path), "resnet50_smoke")
     assert case["result"] == "pass", case["fail_reason"] or result.stdout[-3000:]
     assert not list(tmp_path.rglob("pwned-*"))
     assert '"key": "run_stop"' in log.read_text()

@@ -150,7 +150,7 @@ def test_two_processes_under_torchrun(resnet_data):
     assert done.returncode == 0, done.stderr
     assert len(done.events("run_start")) == 1, "only rank 0 logs"
     assert done.events("run_stop")[0]["metadata"]["status"] == "success"
-    assert "rank 1/2" in done.stderr and "backend gloo" in done.stderr
+    assert "rank=1/2" in done.stderr and "backend=gloo" in done.stderr
 
 
 @pytest.mark.slow

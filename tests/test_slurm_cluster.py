@@ -2,11 +2,13 @@
 
 Two emulated nodes must both run job steps, accounting must report finished jobs (ReFrame's
 `slurm` backend polls sacct) and impossible requests must fail at submission instead of pending
-forever. Skipped, with the reason shown, when the cluster is not running.
+forever. A node lost mid-job must fail the ReFrame test quickly, naming the node. Skipped, with
+the reason shown, when the cluster is not running.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -127,3 +129,89 @@ def test_job_needing_more_nodes_than_exist_is_rejected_at_submission(tmp_path: P
     queued = _run(["squeue", "-h", "-n", job_name, "-o", "%A"])
     assert queued.returncode == 0, queued.stderr
     assert queued.stdout.strip() == ""
+
+
+STATE_DIR = Path("/tmp/mlbench-slurm")
+REPO = Path(__file__).resolve().parents[1]
+NODE_LOSS_DEADLINE_S = 120
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _job_processes_on(job_id: str, node: str) -> list[int]:
+    """Task processes of ``job_id`` that slurmd ``node`` started (both nodes share this host)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            env = _environ(int(entry.name))
+            if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_node(job_id: str, node: str) -> None:
+    """What a node crash looks like to the controller: its slurmd, step daemons and tasks die."""
+    slurmd = int((STATE_DIR / "pids" / f"slurmd-{node}.pid").read_text().split()[0])
+    tasks = _job_processes_on(job_id, node)
+    stepds = {_parent(pid) for pid in tasks}
+    stepds = {pid for pid in stepds if "slurmstepd" in Path(f"/proc/{pid}/comm").read_text()}
+    for pid in [slurmd, *stepds, *tasks]:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+
+
+def _running_job(name_prefix: str, deadline: float) -> str:
+    while time.monotonic() < deadline:
+        jobs = _run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"]).stdout.split("\n")
+        for line in jobs:
+            job_id, _, name = line.partition(" ")
+            if name.startswith(name_prefix) and _job_processes_on(job_id, "node2"):
+                return job_id
+        time.sleep(1)
+    pytest.fail(f"no running job named {name_prefix}* with a task on node2")
+
+
+@pytest.mark.slow
+def test_lost_node_fails_the_test_naming_the_node(tmp_path: Path) -> None:
+    """A node whose slurmd dies mid-job: FAIL within two minutes, reason names the node, and
+    the perflog still gets the row. The node is restarted afterwards (ci/slurm/start.sh)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("killing and restarting a node's slurmd needs root")
+    from tests.reframe_helpers import TESTS_DIR, reframe_command, run_report
+
+    command, env = reframe_command(
+        ["--system", "slurm-ci", "-c", str(TESTS_DIR / "resnet50.py"),
+         "-n", "^resnet50_smoke%num_nodes=2", "-S", "target=1.01", "-S", "epochs=1000", "-r"])
+    with subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as session:
+        try:
+            job_id = _running_job("rfm_resnet50_smoke", time.monotonic() + 600)
+            time.sleep(5)
+            _kill_node(job_id, "node2")
+            killed_at = time.monotonic()
+            output, _ = session.communicate(timeout=NODE_LOSS_DEADLINE_S + 60)
+            elapsed = time.monotonic() - killed_at
+        finally:
+            if session.poll() is None:
+                session.kill()
+            subprocess.run(["bash", str(REPO / "ci" / "slurm" / "start.sh")],
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert elapsed < NODE_LOSS_DEADLINE_S, output[-3000:]
+    case, = [case for case in run_report(tmp_path) if case["name"].startswith("resnet50_smoke ")]
+    assert case["result"] == "fail", output[-3000:]
+    assert "node2" in case["fail_reason"] and "NODE_FAIL" in case["fail_reason"], (
+        case["fail_reason"])
+    perflog = tmp_path / "perflogs" / "slurm-ci" / "default" / "resnet50_smoke.log"
+    header, *rows = perflog.read_text().splitlines()
+    row = dict(zip(header.split("|"), rows[-1].split("|"), strict=True))
+    assert row["result"] == "fail" and row["jobid"] == job_id
+    assert row["time_to_target_value"] == "None"

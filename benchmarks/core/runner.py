@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.core import distributed, mllog, rcp
+from benchmarks.core import distributed, mllog, placement, rcp
 from benchmarks.core.checkpoint import Checkpointer, StopRequest
 from benchmarks.core.config import (
     Config,
@@ -121,19 +121,14 @@ def train(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
         warning = rcp.apply_recipe(spec.name, config, rcp.override_keys(overrides))
         if warning and env.is_main:
             print(f"mlbench {spec.name}: warning: {warning}", file=sys.stderr, flush=True)
-        _limit_threads()
+        threads = placement.apply_threads(env.launcher)
         keep_freed_memory()
         make_deterministic(config.training)
         env = distributed.init_process_group(config.distributed.backend, device,
                                              config.distributed.timeout_s)
-        if device.type == "cuda":
-            device = torch.device("cuda", env.local_rank)
-            torch.cuda.set_device(device)
+        device = placement.select_device(device, env.local_rank)
         context.env, context.device = env, device
-        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-        print(f"[mlbench] rank {env.rank}/{env.world_size} local_rank {env.local_rank} "
-              f"node {node} device {device} launcher {env.launcher} "
-              f"backend {env.backend or 'none'}", file=sys.stderr, flush=True)
+        print(placement.rank_line(env, device, threads), file=sys.stderr, flush=True)
         log = mllog.MLLogger(enabled=env.is_main, log_file=config.training.log_file)
         return _initialize_and_run(spec, context, config, env, device, log)
     except BenchmarkError as err:
@@ -162,6 +157,7 @@ def _initialize_and_run(spec: BenchmarkSpec, context: GlobalContext, config: Con
     nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
     log.submission(spec.mllog_name, platform=socket.gethostname(), num_nodes=nodes,
                    accelerators_per_node=env.local_world_size if device.type == "cuda" else 0)
+    placement.log_environment(log, env.world_size, device)
     seed_everything(config.training.seed, env.rank)
     log.event(constants.SEED, config.training.seed)
     task = spec.build_task(context)
@@ -295,13 +291,6 @@ def keep_freed_memory() -> None:
         return
     mallopt(_M_MMAP_THRESHOLD, _HEAP_ALLOCATION_LIMIT)
     mallopt(_M_TRIM_THRESHOLD, _KEPT_HEAP_BYTES)
-
-
-def _limit_threads() -> None:
-    """Under srun, use the CPUs Slurm gave this task instead of every core on the node."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(int(cpus))
 
 
 def make_deterministic(training: TrainingConfig) -> None:

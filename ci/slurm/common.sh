@@ -15,7 +15,11 @@ ACCOUNT=mlbench
 NODES=(node1 node2)
 NODE_ADDRS=(127.0.0.2 127.0.0.3)
 NODE_PORTS=17001-17002
-CPUS_PER_NODE="${MLBENCH_SLURM_CPUS:-4}"
+# Each node has 2 sockets (= 2 NUMA nodes) and as many CPUs as the host (rounded down to an
+# even count): Slurm binds tasks to real CPUs (task/affinity), so a node may not claim more.
+HOST_CPUS=$(nproc)
+CPUS_PER_NODE="${MLBENCH_SLURM_CPUS:-$(( HOST_CPUS >= 2 ? HOST_CPUS / 2 * 2 : 2 ))}"
+SOCKETS_PER_NODE=2
 MEMORY_MB_PER_NODE="${MLBENCH_SLURM_MEMORY_MB:-8192}"
 CTLD_PORT=6817
 DBD_PORT=6819

@@ -55,6 +55,8 @@ render() {
         -e "s|@STATE@|$STATE_DIR|g" \
         -e "s|@PARTITION@|$PARTITION|g" \
         -e "s|@CPUS@|$CPUS_PER_NODE|g" \
+        -e "s|@SOCKETS@|$SOCKETS_PER_NODE|g" \
+        -e "s|@CORES_PER_SOCKET@|$(( CPUS_PER_NODE / SOCKETS_PER_NODE ))|g" \
         -e "s|@MEMORY_MB@|$MEMORY_MB_PER_NODE|g" \
         -e "s|@NODE_PORTS@|$NODE_PORTS|g" \
         -e "s|@CTLD_PORT@|$CTLD_PORT|g" \
@@ -222,6 +224,8 @@ EOF
 
 main() {
     require_root
+    (( CPUS_PER_NODE % SOCKETS_PER_NODE == 0 && CPUS_PER_NODE <= HOST_CPUS )) ||
+        die "MLBENCH_SLURM_CPUS=$CPUS_PER_NODE: use an even count up to the host's $HOST_CPUS CPUs"
     local started
     started=$(now)
     mkdir -p "$STATE_DIR"

@@ -1,7 +1,7 @@
 """Test-only ReFrame checks that must end as FAIL, with the reason in the failure message.
 
 Not in ``reframe_tests/`` so users never run them; ``tests/test_reframe_slurm.py`` loads this
-file next to ``reframe_tests/``. Each class pins one variant of ``resnet50_train``.
+file next to ``reframe_tests/``. Each class pins one variant of ``resnet50_smoke``.
 """
 
 import os
@@ -17,23 +17,21 @@ resnet50 = util.import_module_from_file(
 
 
 @rfm.simple_test
-class resnet50_unreachable_target(resnet50.resnet50_train):
+class resnet50_unreachable_target(resnet50.resnet50_smoke):
     """Top-1 accuracy above 1.0 can never be reached: FAIL with 'target missed'."""
 
     num_nodes = parameter([1])
     device = parameter(['cpu'])
-    scale = parameter(['smoke'])
     target = 1.01
     epochs = 2
 
 
 @rfm.simple_test
-class resnet50_crashing_rank(resnet50.resnet50_train):
+class resnet50_crashing_rank(resnet50.resnet50_smoke):
     """Rank 1 exits with code 17 at start-up: FAIL with the crash, not a hang."""
 
     num_nodes = parameter([2])
     device = parameter(['cpu'])
-    scale = parameter(['smoke'])
 
     @run_after('setup')
     def crash_rank_one(self):

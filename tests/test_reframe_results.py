@@ -1,7 +1,9 @@
-"""The pure-Python half of reframe_tests/mlbench_base.py: MLLOG parsing and failure reasons.
+"""reframe_tests/mlbench_results.py: MLLOG parsing, performance values and failure reasons.
 
 Logs are written by the real ``mlperf-logging`` package (the writer ``mlbench train`` uses),
-so a change of its line format breaks these tests rather than the ReFrame runs.
+and rank lines by ``benchmarks.core.constants.format_rank_line``, so a change of either line
+format breaks these tests rather than the ReFrame runs. The module is imported without
+ReFrame, as ``reframe -l`` would.
 """
 
 from __future__ import annotations
@@ -9,25 +11,28 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlperf_logging.mllog import mllog
 
+from benchmarks.core import constants
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_base():
+def _load_results():
     spec = importlib.util.spec_from_file_location(
-        'mlbench_base_under_test', REPO / 'reframe_tests' / 'mlbench_base.py')
+        'mlbench_results_under_test', REPO / 'reframe_tests' / 'mlbench_results.py')
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-base = _load_base()
+base = _load_results()
 
 
 class RunLog:
@@ -57,6 +62,10 @@ class RunLog:
         self.logger.event(key, quality, time_ms=0, metadata={'epoch_num': number})
         return self
 
+    def event(self, key: str, value, metadata: dict | None = None, at_ms: int = 0) -> RunLog:
+        self.logger.event(key, value, time_ms=at_ms, metadata=metadata or {})
+        return self
+
     def stop(self, status: str, at_ms: int, epochs: int, reason: str | None = None) -> str:
         metadata = {'status': status, 'epoch_num': epochs}
         if reason:
@@ -67,8 +76,10 @@ class RunLog:
 
 def rank_lines(nodes: list[str]) -> str:
     """The line each rank of ``mlbench train`` prints to stderr once its process group is up."""
-    return ''.join(f'[mlbench] rank {rank}/{len(nodes)} local_rank 0 node {node} device cpu '
-                   f'launcher srun backend gloo\n' for rank, node in enumerate(nodes))
+    return ''.join(constants.format_rank_line({
+        'rank': f'{rank}/{len(nodes)}', 'local_rank': 0, 'node': node, 'device': 'cpu',
+        'launcher': 'srun', 'backend': 'gloo', 'threads': 2, 'cpus': '0-1'}) + '\n'
+        for rank, node in enumerate(nodes))
 
 
 def successful_run() -> str:
@@ -82,8 +93,11 @@ def test_successful_run_gives_time_to_target_and_steady_throughput() -> None:
 
     assert summary.status == 'success'
     assert summary.time_to_target_s == pytest.approx(15.5)
-    assert summary.steady_throughput == pytest.approx(110.0)  # first epoch left out
-    assert summary.steady_epoch_time == pytest.approx(3.5)
+    values = base.performance_values(summary, num_ranks=2)
+    assert values['throughput'] == pytest.approx(110.0)  # first epoch left out
+    assert values['throughput_per_device'] == pytest.approx(55.0)
+    assert values['epoch_time'] == pytest.approx(3.5)
+    assert values['epochs_to_target'] == 3
     assert summary.world_size == 2 and summary.nodes == ['node1', 'node2']
     assert base.failure_reason(summary, '', exit_code=0, expected_ranks=2,
                                expected_nodes=2) is None
@@ -92,7 +106,8 @@ def test_successful_run_gives_time_to_target_and_steady_throughput() -> None:
 def test_single_epoch_run_uses_that_epoch() -> None:
     log = RunLog().start_run().epoch(1, 80.0, 5.0, 0.95).stop('success', 7_000, 1)
     summary = base.summarise_run(log, rank_lines(['vm']))
-    assert summary.steady_throughput == 80.0 and summary.steady_epoch_time == 5.0
+    values = base.performance_values(summary, num_ranks=1)
+    assert values['throughput'] == 80.0 and values['epoch_time'] == 5.0
 
 
 def test_target_missed_names_metric_value_and_target() -> None:
@@ -102,6 +117,7 @@ def test_target_missed_names_metric_value_and_target() -> None:
     reason = base.failure_reason(summary, '', exit_code=3, expected_ranks=1, expected_nodes=1)
     assert reason == 'target missed: top1 0.6 after 2 epoch(s), target 1.01 (higher is better)'
     assert summary.time_to_target_s is None
+    assert base.performance_values(summary, 1)['epochs_to_target'] is None
 
 
 def test_lower_is_better_target_is_checked_in_that_direction() -> None:
@@ -186,3 +202,105 @@ def test_nonzero_exit_after_success_fails() -> None:
 def test_garbled_mllog_lines_are_skipped() -> None:
     text = ':::MLLOG {"key": "run_start", "time_ms": 1\n' + successful_run()
     assert base.summarise_run(text, '').status == 'success'
+
+
+def test_epochs_to_target_is_the_first_epoch_that_met_it() -> None:
+    log = (RunLog().start_run(target=0.5).epoch(1, 10.0, 1.0, 0.3).epoch(2, 10.0, 1.0, 0.55)
+           .epoch(3, 10.0, 1.0, 0.6))
+    summary = base.summarise_run(log.stop('success', 9_000, 3), '')
+    assert base.performance_values(summary, 1)['epochs_to_target'] == 2
+    # Samples-counting rules (BERT, GPT-J, AlphaFold2): epoch_num is a sample count.
+    log = RunLog().start_run(target=0.7).epoch(1_536_000, 10.0, 1.0, 0.72)
+    summary = base.summarise_run(log.stop('success', 9_000, 1_536_000), '')
+    assert base.performance_values(summary, 1)['epochs_to_target'] == 1_536_000
+
+
+def energy_run(run_joules: float | None, epoch_joules: list[float | None],
+               status: str = 'success') -> str:
+    log = RunLog().start_run(target=0.5)
+    log.event(constants.STAGING_START, None, at_ms=1_000)
+    log.event(constants.STAGING_STOP, None, at_ms=3_500)
+    for number, joules in enumerate(epoch_joules, start=1):
+        log.epoch(number, 10.0, 1.0, 0.6 if status == 'success' else 0.1)
+        log.event(constants.ENERGY, joules, {'scope': 'epoch', 'epoch_num': number,
+                                             'samples': 100, 'source': 'rapl'})
+    log.event(constants.ENERGY, run_joules, {'scope': 'run', 'duration_s': 20.0,
+                                             'source': 'rapl'})
+    return log.stop(status, 21_000, len(epoch_joules))
+
+
+def test_energy_values_follow_the_energy_events() -> None:
+    values = base.performance_values(base.summarise_run(energy_run(4000.0, [150.0, 250.0]), ''),
+                                      1)
+    assert values['energy_to_target'] == 4000.0
+    assert values['energy_per_sample'] == pytest.approx(2.0)  # 400 J / 200 samples
+    assert values['average_power'] == pytest.approx(200.0)  # 4000 J / 20 s
+    assert values['staging_time'] == pytest.approx(2.5)
+
+
+def test_energy_is_none_without_a_counter_and_no_target_energy_on_failure() -> None:
+    values = base.performance_values(base.summarise_run(energy_run(None, [None, None]), ''), 1)
+    assert (values['energy_to_target'], values['energy_per_sample'],
+            values['average_power']) == (None, None, None)
+    failed = base.summarise_run(energy_run(4000.0, [150.0], status='aborted'), '')
+    values = base.performance_values(failed, 1)
+    assert values['energy_to_target'] is None and values['average_power'] == 200.0
+
+
+def test_nothing_measured_gives_none_everywhere() -> None:
+    values = base.performance_values(base.summarise_run('', ''), 0)
+    assert set(values.values()) == {None}
+
+
+def test_environment_columns_come_from_the_environment_event() -> None:
+    fields = dict.fromkeys(constants.ENVIRONMENT_FIELDS)
+    fields.update(torch_version='2.14.1', world_size=4, mlbench_version='0.1.0+gabc')
+    text = RunLog().event(constants.ENVIRONMENT, None, fields).stop('success', 1, 0)
+    columns = base.environment_columns(base.summarise_run(text, ''),
+                                       ('mlbench_version', 'torch_version', 'gpu_model'))
+    assert columns == {'mlbench_version': '0.1.0+gabc', 'torch_version': '2.14.1',
+                       'gpu_model': None}
+
+
+@pytest.mark.parametrize(('sacct', 'joules'), [
+    ('42|0\n42.batch|120\n42.extern|0\n42.0|3500\n', 3500.0),
+    ('42|\n42.batch|\n42.0|\n', None),          # no energy plugin: empty
+    ('42|0\n42.batch|0\n42.0|0\n', None),       # no energy plugin: zero
+    ('42|0\n42.0|10\n42.1|900\n', 900.0),       # the last step is the training step
+    ('', None),
+])
+def test_slurm_energy_of_the_training_step(sacct: str, joules: float | None) -> None:
+    assert base.slurm_step_energy(sacct) == joules
+
+
+def test_overlapping_ranks_on_one_node_are_found() -> None:
+    ranks = [{'rank': '0/4', 'node': 'n1', 'cpus': '0-3'}, {'rank': '1/4', 'node': 'n1',
+                                                          'cpus': '4-7'},
+             {'rank': '2/4', 'node': 'n2', 'cpus': '0-3'}, {'rank': '3/4', 'node': 'n2',
+                                                          'cpus': '2,8'}]
+    assert base.overlapping_ranks(ranks) == [('2/4', '3/4')]
+
+
+def test_lost_node_is_named() -> None:
+    stderr = rank_lines(['node1', 'node2']) + (
+        'srun: error: Node failure on node2\n'
+        'slurmstepd: error: *** STEP 7.0 ON node1 CANCELLED AT 2026-01-01T00:00:00 '
+        'DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***\n')
+    summary = base.summarise_run(RunLog().start_run().stream.getvalue(), stderr)
+    reason = base.failure_reason(summary, stderr, exit_code=1, job_state='NODE_FAIL')
+    assert reason.startswith('crashed before run_stop (exit code 1, job state NODE_FAIL): '
+                             'node node2 failed')
+
+
+def test_results_module_imports_nothing_heavy() -> None:
+    code = ('import sys; sys.path.insert(0, "reframe_tests"); import mlbench_results; '
+            'heavy = {"torch", "reframe", "numpy", "pandas"} & set(sys.modules); '
+            'assert not heavy, heavy')
+    subprocess.run([sys.executable, '-c', code], cwd=REPO, check=True)
+
+
+def test_not_measured_passes_only_unbounded_checks_and_prints_none() -> None:
+    value = base.NOT_MEASURED
+    assert str(value) == 'None' and value.__rfm_json_encode__() is None
+    assert value >= float('-inf') and value <= float('inf')
+    assert not value >= 0.0 and not value <= 100.0

@@ -152,7 +152,7 @@ def test_pipeline_green_then_red_on_a_regression(tmp_path: Path, venvs: Path) ->
     assert job_passed(red.stdout, 'mlbench-analyse') is False, red.stdout[-4000:]
     assert '[mlbench-ci] regression or failed run' in red.stdout
     verdicts = artifact(repo, 'mlbench-analyse', 'mlbench-regressions.txt').read_text()
-    regressed = [line for line in verdicts.splitlines() if 'resnet50_train' in line
+    regressed = [line for line in verdicts.splitlines() if 'resnet50_smoke' in line
                  and 'throughput' in line and 'regress' in line.lower()]
     assert regressed, verdicts
 
@@ -173,7 +173,7 @@ def test_failing_run_fails_the_pipeline(tmp_path: Path, venvs: Path) -> None:
     # The analyse job runs all the same and names the failed run.
     assert job_passed(result.stdout, 'mlbench-analyse') is False
     verdicts = artifact(repo, 'mlbench-analyse', 'mlbench-regressions.txt').read_text()
-    assert 'resnet50_train' in verdicts and 'fail' in verdicts.lower()
+    assert 'resnet50_smoke' in verdicts and 'fail' in verdicts.lower()
 
 
 def test_example_pipeline_parses(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ from benchmarks.alphafold2.data.dataset import (
     ProteinDataset,
     split_chains,
 )
-from benchmarks.alphafold2.data.synth import synthesize as synthesize_alphafold2
+from benchmarks.alphafold2.data.synthetic_dataset import synthesize as synthesize_alphafold2
 from benchmarks.alphafold2.data.transforms import FeatureConfig
 from benchmarks.bert_large import data as bert
 from benchmarks.cosmoflow import data as cosmoflow

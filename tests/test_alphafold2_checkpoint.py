@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.alphafold2.loop_adapter import AlphaFoldForTraining, AlphaFoldTrainingConfig
 from benchmarks.alphafold2.model import AlphaFold, AlphaFoldConfig
 from benchmarks.alphafold2.openfold_weights import (
     WeightConversionError,
@@ -19,7 +20,6 @@ from benchmarks.alphafold2.openfold_weights import (
     read_openfold_state_dict,
 )
 from benchmarks.alphafold2.train import load_initial_weights
-from benchmarks.alphafold2.training import AlphaFoldForTraining, AlphaFoldTrainingConfig
 from benchmarks.core.errors import InputError
 
 Shapes = dict[str, tuple[int, ...]]

@@ -89,6 +89,6 @@ def test_training_refuses_to_resume_from_a_pickled_object(resnet_data, tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert errors == [f"mlbench resnet50: error: {state_file}: refused: holds a pickled object "
-                      f"({os.mkdir.__module__}.mkdir); checkpoints may hold only tensors, "
+                      f"({os.mkdir.__module__}.mkdir); a checkpoint may hold only tensors, "
                       "numbers and strings"]
     assert "Traceback" not in done.stderr and not marker.exists()

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.core.errors import InputError, one_line
+from benchmarks.core.checkpoint import load_tensor_file
+from benchmarks.core.errors import InputError
 
 FIELDS = {
     "i": r"\d+",
@@ -216,12 +217,7 @@ def read_openfold_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
     checkpoint (``["ema"]["params"]``), or the model weights of an MLPerf reference resumable
     checkpoint (``["alphafold_state_dict"]``, e.g. ``mlperf_hpc_openfold_resumable_checkpoint
     .pt``); an InputError naming the file otherwise."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: initial checkpoint not found") from None
-    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds; name the file
-        raise InputError(f"{path}: not a PyTorch weights file ({one_line(error)})") from None
+    saved = load_tensor_file(path, "initial checkpoint")
     if isinstance(saved, Mapping) and isinstance(saved.get(MLPERF_STATE_KEY), Mapping):
         saved = saved[MLPERF_STATE_KEY]
     elif isinstance(saved, Mapping) and isinstance(saved.get("ema"), Mapping):

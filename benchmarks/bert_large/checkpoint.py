@@ -29,6 +29,7 @@ import crc32c
 import numpy as np
 import torch
 
+from benchmarks.core.checkpoint import load_tensor_file
 from benchmarks.core.errors import InputError, one_line
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -345,12 +346,7 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A converted PyTorch checkpoint: a state dict, optionally under ``"model"`` (NVIDIA),
     with ``module.`` prefixes removed and NVIDIA's fused-activation ``dense_act`` layers named
     as ``transformers`` names them (``dense``)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: initial checkpoint not found") from None
-    except Exception as err:  # noqa: BLE001 - torch.load raises many kinds; name the file
-        raise InputError(f"{path}: not a PyTorch checkpoint ({one_line(err)})") from None
+    saved = load_tensor_file(path, "initial checkpoint")
     if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
         saved = saved["model"]
     if not isinstance(saved, Mapping) or not saved:

@@ -169,18 +169,27 @@ def _require_plain(value: Any, where: str) -> None:
                         "number, string, list or dict")
 
 
-def _load(path: Path) -> dict[str, Any]:
-    """A checkpoint file written by :meth:`Checkpointer.save`, read without running code."""
+def load_tensor_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """A file written with ``torch.save``, read without running code (``weights_only``): our
+    own checkpoints and other people's weights alike. A missing, unreadable or pickled-object
+    file is an InputError naming it and saying it is the ``what``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
     except pickle.UnpicklingError as err:
         unsupported = re.search(r"GLOBAL ([\w.]+)", str(err))
         if unsupported:
             raise InputError(f"{path}: refused: holds a pickled object ({unsupported.group(1)}); "
-                             "checkpoints may hold only tensors, numbers and strings") from None
-        raise InputError(f"{path}: unreadable checkpoint (UnpicklingError)") from None
+                             f"a {what} may hold only tensors, numbers and strings") from None
+        raise InputError(f"{path}: unreadable {what} (UnpicklingError)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise InputError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+        raise InputError(f"{path}: unreadable {what} ({type(err).__name__})") from None
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """A checkpoint file written by :meth:`Checkpointer.save`, read without running code."""
+    state = load_tensor_file(path)
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a checkpoint written by mlbench")
     return state

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 from mlperf_logging import compliance_checker
+from mlperf_logging.compliance_checker import mlp_compliance
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog import mllog as mllog_impl
 
@@ -77,13 +78,25 @@ CLOSED_RULES = {
 }
 
 
+@dataclass
+class _InitLine:
+    """A logged init key as the checker's rule expressions see a log line (``ll``)."""
+
+    key: str
+    value: dict[str, Any]
+    lineno: int = 0
+    full_string: str = ""
+
+
 def closed_rule_violations(benchmark: str, logged: Mapping[str, Any]) -> list[str]:
     """The checks of the installed checker's ``closed_<benchmark>.yaml``, and of the rule
     files it enqueues for the logged values (e.g. DeepCAM's LAMB rules), that the values
-    logged at init fail, as ``"key=value (rule)"``. Checks of keys not in ``logged`` (those of
-    the run's results) and checks that need the checker's state are left to the checker."""
+    logged at init fail, as ``"key=value (rule)"``. The checker itself evaluates its rules'
+    expressions; checks of keys not in ``logged`` (those of the run's results) and checks
+    that need the checker's state are left to the checker."""
     rules = CLOSED_RULES[benchmark]
     root = Path(compliance_checker.__file__).parent
+    checker = mlp_compliance.make_checker(rules.usage, rules.ruleset, quiet=True, werror=False)
     queue, seen, violations = [f"{rules.usage}_{rules.ruleset}/closed_{benchmark}.yaml"], set(), []
     while queue:
         name = queue.pop(0)
@@ -95,20 +108,17 @@ def closed_rule_violations(benchmark: str, logged: Mapping[str, Any]) -> list[st
             if not rule or rule.get("NAME") not in logged:
                 continue
             key, checks = rule["NAME"], rule.get("CHECK") or []
-            scope = {"v": {"value": logged[key], "metadata": {}}, "s": {}, "math": math,
-                     "enqueue_config": queue.append}
+            line = _InitLine(key, {"value": logged[key], "metadata": {}})
+            state = {"s": {}, "math": math, "enqueue_config": queue.append}
             for check in [checks] if isinstance(checks, str) else checks:
-                try:
-                    passed = eval(check, scope)  # noqa: S307 - the checker's own expressions
-                except Exception:  # noqa: BLE001 - needs the checker's state: undecidable here
-                    continue
-                if not passed:
+                checker.overwritable.clear()
+                checker.run_check_eval(line, check, state)
+                message = checker.overwritable.get(key, "")
+                # "Failed executing" means the check needs the checker's state: undecidable.
+                if message.startswith("CHECK for"):
                     violations.append(f"{key}={logged[key]!r} ({check.strip()})")
             if rule.get("POST"):
-                try:
-                    exec(rule["POST"].strip(), scope)  # noqa: S102 - enqueues further rules
-                except Exception:  # noqa: BLE001, S110 - needs the checker's state
-                    pass
+                checker.run_check_exec(line, rule["POST"], state, "POST")
     return violations
 
 

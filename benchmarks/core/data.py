@@ -19,6 +19,9 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # noqa: F401 - registers its exit handler before ours
 import random
 import signal
 import warnings
@@ -111,6 +114,19 @@ class StopSignalSafeLoader(DataLoader):
             return super().__iter__()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _kill_loader_workers() -> None:
+    """At interpreter exit, end the workers of loaders still iterating (a run that failed
+    mid-epoch). multiprocessing's own exit handler stops daemonic children with SIGTERM,
+    which these workers ignore, and would then wait for them forever."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+# Registered after multiprocessing's exit handler, so it runs before it.
+atexit.register(_kill_loader_workers)
 
 
 def _start_worker(worker_id: int) -> None:

@@ -41,8 +41,10 @@ from perflogs_parsers.rules import (
 
 _MAD_TO_SIGMA = 1.4826
 
-#: Statuses, worst first; the first three make :func:`exit_code` non-zero.
-STATUSES = ('failed', 'regression', 'out of bounds', 'improvement', 'changed', 'new', 'ok')
+#: Statuses, worst first; the first three make :func:`exit_code` non-zero. ``unmeasured``: a
+#: passing run logged no value for the variable (e.g. energy on a node without counters).
+STATUSES = ('failed', 'regression', 'out of bounds', 'improvement', 'changed', 'new', 'ok',
+            'unmeasured')
 PROBLEMS = frozenset(STATUSES[:3])
 #: Columns of :func:`find_regressions`' table.
 #: Columns of :func:`find_regressions`' table; the settings columns of the frame follow
@@ -164,6 +166,8 @@ def _judge(latest: dict, previous: np.ndarray, settings: Settings) -> dict:
 def _verdict(value: float, better: str | None, baseline: float, band: float, low: float,
              high: float, runs: int, result: str | None) -> tuple[str, str]:
     if math.isnan(value):
+        if result == 'pass':
+            return 'unmeasured', 'no value logged by a passing run (not measured here)'
         return 'failed', f'no value logged (test result: {result or "unknown"})'
 
     reasons = []

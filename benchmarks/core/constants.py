@@ -56,15 +56,12 @@ def format_rank_line(fields: dict[str, object]) -> str:
 
 
 def parse_rank_lines(text: str) -> list[dict[str, str]]:
-    """The fields of every rank line in ``text`` (quotes removed), in order of appearance."""
+    """The fields of every rank line in ``text`` (quotes removed), in order of appearance;
+    also of lines that two ranks' writes ran together on one line."""
     lines = []
-    for line in text.splitlines():
-        start = line.find(RANK_LINE_PREFIX)
-        if start < 0:
-            continue
-        fields = {key: value.strip('"')
-                  for key, value in _FIELD.findall(line[start + len("[mlbench] "):])}
-        lines.append(fields)
+    for chunk in text.split(RANK_LINE_PREFIX)[1:]:
+        line = "rank=" + chunk.split("\n", 1)[0]
+        lines.append({key: value.strip('"') for key, value in _FIELD.findall(line)})
     return lines
 
 

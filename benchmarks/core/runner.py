@@ -128,7 +128,9 @@ def train(spec: BenchmarkSpec, args: argparse.Namespace) -> int:
                                              config.distributed.timeout_s)
         device = placement.select_device(device, env.local_rank)
         context.env, context.device = env, device
-        print(placement.rank_line(env, device, threads), file=sys.stderr, flush=True)
+        # One write, so the lines of ranks sharing a stderr do not interleave mid-line.
+        sys.stderr.write(placement.rank_line(env, device, threads) + "\n")
+        sys.stderr.flush()
         log = mllog.MLLogger(enabled=env.is_main, log_file=config.training.log_file)
         return _initialize_and_run(spec, context, config, env, device, log)
     except BenchmarkError as err:

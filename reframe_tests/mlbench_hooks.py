@@ -16,6 +16,8 @@ import subprocess
 import mlbench_results as results
 import reframe.core.runtime as rt
 
+from benchmarks.core import rcp
+
 #: Job time limit when ``-S time_limit=...`` is not given.
 DEFAULT_TIME_LIMITS = {'smoke': '15m', 'full': '12h'}
 #: Schedulers whose jobs know their node list from ``SLURM_JOB_NODELIST`` (torchrun rendezvous).
@@ -212,22 +214,14 @@ def slurm_energy(test) -> float | None:
     return results.slurm_step_energy(sacct.stdout) if sacct.returncode == 0 else None
 
 
-def rcp_reference(benchmark: str, global_batch_size: int | None) -> tuple[float, float] | None:
-    """(mean, stdev) epochs to converge of the MLCommons RCP at this global batch size."""
-    try:
-        from benchmarks.core.rcp import rcp_reference as lookup
-    except ImportError:
-        return None
-    return lookup(benchmark, global_batch_size) if global_batch_size else None
-
-
 def add_rcp_reference(test) -> None:
     """Full scale: ``epochs_to_target`` must stay within two RCP standard deviations above the
     RCP mean at the run's global batch size (no lower bound: converging faster is no fault)."""
-    rcp = rcp_reference(test.benchmark, test.summary.global_batch_size)
-    if rcp is None or not rcp[0]:
+    batch_size = test.summary.global_batch_size
+    convergence = rcp.rcp_reference(test.benchmark, batch_size) if batch_size else None
+    if convergence is None or not convergence[0]:
         return
-    mean, stdev = rcp
+    mean, stdev = convergence
     try:
         references = dict(test.reference[test])
     except KeyError:

@@ -1,9 +1,8 @@
-"""reframe_tests/mlbench_hooks.py functions that need no ReFrame session: the RCP adapter."""
+"""reframe_tests/mlbench_hooks.py functions that need no ReFrame session: the RCP bound."""
 
 from __future__ import annotations
 
 import sys
-import types
 from types import SimpleNamespace
 
 import pytest
@@ -30,12 +29,12 @@ def full_scale_test(global_batch_size: int | None) -> FullScaleTest:
     return FullScaleTest(global_batch_size)
 
 
-def test_without_the_rcp_module_there_is_no_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, 'benchmarks.core.rcp', None)  # import raises ImportError
-    assert hooks.rcp_reference('resnet50', 3072) is None
+def test_the_shipped_rcp_tables_bound_epochs_to_target() -> None:
+    mean, stdev = hooks.rcp.rcp_reference('resnet50', 3072)
     test = full_scale_test(3072)
     hooks.add_rcp_reference(test)
-    assert test.reference == {}
+    assert test.reference == {
+        'cluster:gpu': {'epochs_to_target': (mean, None, 2 * stdev / mean, 'epochs')}}
 
 
 def test_rcp_bounds_epochs_to_target_from_above(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,8 +44,7 @@ def test_rcp_bounds_epochs_to_target_from_above(monkeypatch: pytest.MonkeyPatch)
         calls.append((benchmark, global_batch_size))
         return (40.0, 2.0)
 
-    monkeypatch.setitem(sys.modules, 'benchmarks.core.rcp',
-                        types.SimpleNamespace(rcp_reference=rcp_reference))
+    monkeypatch.setattr(hooks.rcp, 'rcp_reference', rcp_reference)
     test = full_scale_test(3072)
     hooks.add_rcp_reference(test)
     assert calls == [('resnet50', 3072)]

@@ -23,11 +23,11 @@ from benchmarks.core.distributed import DistEnv
 from benchmarks.core.energy import (
     CounterTotals,
     EnergyMeter,
-    cuda_pci_bus_id,
     rapl_counters,
 )
 from benchmarks.core.errors import ConfigError
 from benchmarks.core.mllog import MLLogger
+from benchmarks.core.placement import cuda_pci_bus_id
 
 CPU = torch.device("cpu")
 SINGLE = DistEnv()

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from benchmarks.core import mllog
 from benchmarks.core.distributed import DistEnv, all_reduce_sum
 from benchmarks.core.errors import ConfigError
+from benchmarks.core.placement import cuda_pci_bus_id
 
 POWERCAP_ROOT_ENV = "MLBENCH_POWERCAP_ROOT"
 PM_COUNTERS_ROOT_ENV = "MLBENCH_PM_COUNTERS_ROOT"
@@ -85,12 +86,6 @@ class EnergyReading:
 
 
 # ---- the three sources ---------------------------------------------------------------------
-
-def cuda_pci_bus_id(device: torch.device) -> str:
-    """NVML's spelling of the PCI bus id of a CUDA device, e.g. ``00000000:19:00.0``."""
-    props = torch.cuda.get_device_properties(device)
-    return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-
 
 def nvml_counters(device: torch.device) -> list[Counter]:
     """The total-energy counter (mJ, 64 bit) of the GPU this rank trains on."""

@@ -152,18 +152,15 @@ def rank_line(env, device: torch.device, threads: int) -> str:
     }
     if device.type == "cuda":
         fields["gpu"] = torch.cuda.get_device_name(device)
-        fields["gpu_pci"] = _pci_bus_id(device)
+        fields["gpu_pci"] = cuda_pci_bus_id(device)
     return constants.format_rank_line(fields)
 
 
-def _pci_bus_id(device: torch.device) -> str:
-    properties = torch.cuda.get_device_properties(device)
-    bus_id = getattr(properties, "pci_bus_id", None)
-    if bus_id is not None:
-        domain = getattr(properties, "pci_domain_id", 0)
-        device_id = getattr(properties, "pci_device_id", 0)
-        return f"{domain:08x}:{bus_id:02x}:{device_id:02x}.0"
-    return "unknown"
+def cuda_pci_bus_id(device: torch.device) -> str:
+    """NVML's spelling of the PCI bus id of a CUDA device, e.g. ``00000000:19:00.0``: the rank
+    line shows it, and the energy meter finds the rank's GPU in NVML by it."""
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
 
 
 def package_version() -> str:

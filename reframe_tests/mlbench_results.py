@@ -267,6 +267,12 @@ def _crash_detail(summary: RunSummary, stderr: str) -> str:
     return '; '.join(dict.fromkeys(details))
 
 
+def _in_parentheses(*parts: str) -> str:
+    """`` (a, b)`` of the parts that say something, or nothing when none does."""
+    shown = ', '.join(part for part in parts if part)
+    return f' ({shown})' if shown else ''
+
+
 def _quality_text(summary: RunSummary) -> str:
     last = f'{summary.quality[-1][0]:g}' if summary.quality else 'never evaluated'
     direction = 'lower' if summary.lower_is_better else 'higher'
@@ -282,15 +288,15 @@ def failure_reason(summary: RunSummary, stderr: str, *, job_state: str | None = 
         limit = f' ({time_limit_s:g} s)' if time_limit_s else ''
         progress = _quality_text(summary) if summary.target is not None else 'no target logged'
         return f'time limit{limit} reached before run_stop: {progress}'
+    state = f'job state {job_state}' if job_state not in (None, 'COMPLETED') else ''
     if summary.status is None:
-        state = f', job state {job_state}' if job_state not in (None, 'COMPLETED') else ''
-        return (f'crashed before run_stop (exit code {exit_code}{state}): '
+        return (f'crashed before run_stop{_in_parentheses(f"exit code {exit_code}", state)}: '
                 f'{_crash_detail(summary, stderr)}')
     if summary.status != 'success':
         if summary.abort_reason and NON_FINITE.search(summary.abort_reason):
             return f'non-finite loss (NaN): {summary.abort_reason}'
         if summary.abort_reason:
-            return f'crashed: {_crash_detail(summary, stderr)}'
+            return f'crashed{_in_parentheses(state)}: {_crash_detail(summary, stderr)}'
         if summary.target is not None:
             return f'target missed: {_quality_text(summary)}'
         return f'run_stop status {summary.status!r} without a reason'

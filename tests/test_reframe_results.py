@@ -292,6 +292,20 @@ def test_lost_node_is_named() -> None:
                              'node node2 failed')
 
 
+def test_lost_node_is_named_when_the_surviving_rank_logged_run_stop() -> None:
+    """The rank on the live node may catch gloo's "connection reset" and log run_stop aborted
+    before srun stops it; the job state still tells that a node was lost."""
+    reset = 'RuntimeError: [pair.cc:545] Read error: Connection reset by peer'
+    text = RunLog().start_run().stop('aborted', 2_000, 0, reason=reset)
+    stderr = rank_lines(['node1', 'node2']) + (
+        'srun: error: Node failure on node2\n'
+        'srun: error: node1: task 0: Exited with exit code 1\n')
+    reason = base.failure_reason(base.summarise_run(text, stderr), stderr, exit_code=1,
+                                 job_state='NODE_FAIL')
+    assert reason == (f'crashed (job state NODE_FAIL): node node2 failed; {reset}; '
+                      'node1: task 0: Exited with exit code 1')
+
+
 def test_results_module_imports_nothing_heavy() -> None:
     code = ('import sys; sys.path.insert(0, "reframe_tests"); import mlbench_results; '
             'heavy = {"torch", "reframe", "numpy", "pandas"} & set(sys.modules); '

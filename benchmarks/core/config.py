@@ -84,7 +84,8 @@ class DataConfig:
 
     ``local_batch_size`` 0 means: derive it from ``global_batch_size``, the world size and
     ``gradient_accumulation``. A non-zero value wins and the global batch follows from it.
-    ``stage_dir`` (file-based datasets): copy each rank's share there after ``run_start``.
+    ``stage_dir`` (file-based datasets): copy each rank's share there after ``run_start``
+    (deleted again after the run).
     """
 
     data_dir: str = ""

@@ -172,14 +172,18 @@ def _initialize_and_run(spec: BenchmarkSpec, context: GlobalContext, config: Con
     distributed.barrier()
     log.start(constants.RUN_START)
     energy.start()
-    if task.staging is not None:
-        task.staging.run(log)
-    result = trainer.run()
-    distributed.barrier()
-    energy.stop()
-    succeeded = result.reached_target or config.training.target is None
-    log.end(constants.RUN_STOP, metadata={"status": "success" if succeeded else "aborted",
-                                          "epoch_num": result.epochs_run})
+    try:
+        if task.staging is not None:
+            task.staging.run(log)
+        result = trainer.run()
+        distributed.barrier()
+        energy.stop()
+        succeeded = result.reached_target or config.training.target is None
+        log.end(constants.RUN_STOP, metadata={"status": "success" if succeeded else "aborted",
+                                              "epoch_num": result.epochs_run})
+    finally:
+        if task.staging is not None:
+            task.staging.remove()
     if not succeeded and env.is_main:
         print(f"mlbench {spec.name}: target {config.training.target} not reached in "
               f"{config.training.n_epochs} epochs (last {task.metric.name} "

@@ -5,7 +5,8 @@ MLPerf HPC counts staging in the time to train: with ``data.stage_dir`` set (nod
 this rank will make, before the loaders are built, and the runner calls
 :meth:`StagingPlan.run` once ``run_start`` is logged. It copies the files, waits for every rank
 and logs ``staging_start`` / ``staging_stop`` (metadata ``staging_duration`` in seconds and
-``number_of_files`` on this rank), as the reference implementations do.
+``number_of_files`` on this rank), as the reference implementations do. After ``run_stop``
+(or a failure) :meth:`StagingPlan.remove` deletes the copies again.
 
 A staged run reads the same files as an unstaged one, shared out differently: rank ``r`` of
 ``W`` keeps training files ``r, r + W, ...`` of the first ``W * (N // W)`` (every rank the same
@@ -80,6 +81,24 @@ class StagingPlan:
         log.end(mllog.STAGING_STOP, metadata={"staging_duration": duration,
                                               "number_of_files": len(self.copies)})
         return duration
+
+
+    def remove(self) -> None:
+        """Delete this rank's copies, then the folders below ``stage_dir`` left empty, so a
+        node-local ``/dev/shm`` or NVMe is not left full after the job. Called once the run is
+        over, whatever its outcome; ``stage_dir`` itself and folders that other ranks' copies
+        still fill stay."""
+        for _, destination in self.copies:
+            destination.unlink(missing_ok=True)
+            destination.with_name(destination.name + ".staging").unlink(missing_ok=True)
+        folders = {destination.parent for _, destination in self.copies}
+        for folder in sorted(folders, key=lambda path: len(path.parts), reverse=True):
+            while folder != self.stage_dir and folder.is_relative_to(self.stage_dir):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
 
 
 def _copy(pair: tuple[Path, Path]) -> None:

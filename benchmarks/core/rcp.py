@@ -130,6 +130,12 @@ def nearest_batch_sizes(benchmark: str, global_batch_size: int) -> list[int]:
     return ([below[-1]] if below else []) + ([above[0]] if above else [])
 
 
+def _nearest_text(benchmark: str, global_batch_size: int) -> str:
+    """The nearest RCP batch sizes (``"256 and 512"``), as both the warning of
+    :func:`apply_recipe` and the reason of :func:`closed_recipe` name them."""
+    return " and ".join(str(size) for size in nearest_batch_sizes(benchmark, global_batch_size))
+
+
 def rcp_reference(benchmark: str, global_batch_size: int) -> tuple[float, float] | None:
     """(mean, stdev) of the epochs, or samples, to converge at ``global_batch_size``.
 
@@ -142,8 +148,8 @@ def rcp_reference(benchmark: str, global_batch_size: int) -> tuple[float, float]
     exact = rcp_at(benchmark, global_batch_size)
     if exact is not None:
         return exact.mean, exact.stdev
-    neighbours = [rcp for rcp in load_rcps(benchmark)
-                  if rcp.batch_size in nearest_batch_sizes(benchmark, global_batch_size)]
+    nearest = nearest_batch_sizes(benchmark, global_batch_size)
+    neighbours = [rcp for rcp in load_rcps(benchmark) if rcp.batch_size in nearest]
     if len(neighbours) != 2:
         return None
     low, high = neighbours
@@ -338,7 +344,7 @@ def apply_recipe(benchmark: str, config: Any, explicit: Iterable[str] = ()) -> s
     batch_size = config.data.global_batch_size
     rcp = rcp_at(benchmark, batch_size)
     if rcp is None:
-        nearest = " and ".join(str(size) for size in nearest_batch_sizes(benchmark, batch_size))
+        nearest = _nearest_text(benchmark, batch_size)
         return (f"no MLCommons reference convergence point for {benchmark} at global batch "
                 f"{batch_size} (nearest: {nearest}); using the configured recipe")
     keep = set(explicit)
@@ -368,7 +374,7 @@ def closed_recipe(benchmark: str, config: Any) -> tuple[bool, str]:
     batch_size = config.data.global_batch_size
     rcp = rcp_at(benchmark, batch_size)
     if rcp is None:
-        nearest = " and ".join(str(size) for size in nearest_batch_sizes(benchmark, batch_size))
+        nearest = _nearest_text(benchmark, batch_size)
         return False, (f"no reference convergence point at global batch {batch_size} "
                        f"(nearest: {nearest})")
     if config.lr_schedule.scaling != "none":

@@ -157,18 +157,17 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, env: DistEnv
     to the main process, and are persistent on GPU.
     """
     sampler: Sampler | None = None
-    if local_shard:
-        sampler = (DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle,
-                                      seed=seed + env.rank, drop_last=drop_last)
-                   if train else EvalShardSampler(len(dataset), 0, 1))
-    elif not isinstance(dataset, IterableDataset):
+    # A local shard is sampled as if by the only rank, its shuffle seeded per rank.
+    rank, world_size, sampler_seed = ((0, 1, seed + env.rank) if local_shard
+                                      else (env.rank, env.world_size, seed))
+    if local_shard or not isinstance(dataset, IterableDataset):
         if not train:
-            sampler = EvalShardSampler(len(dataset), env.rank, env.world_size)
-        elif sample_weights is not None:
-            sampler = WeightedDistributedSampler(sample_weights, env.rank, env.world_size, seed)
+            sampler = EvalShardSampler(len(dataset), rank, world_size)
+        elif sample_weights is not None and not local_shard:
+            sampler = WeightedDistributedSampler(sample_weights, rank, world_size, sampler_seed)
         else:
-            sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                         shuffle=shuffle, seed=seed, drop_last=drop_last)
+            sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                         shuffle=shuffle, seed=sampler_seed, drop_last=drop_last)
     generator = torch.Generator()
     generator.manual_seed(seed + env.rank)
     on_gpu = device.type == "cuda"

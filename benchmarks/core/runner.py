@@ -166,7 +166,7 @@ def _initialize_and_run(spec: BenchmarkSpec, context: GlobalContext, config: Con
     checkpointer, stop = _checkpointing(spec, config, env)
     energy = EnergyMeter(env, device, log)
     trainer = build_trainer(task, config, env, device, log, checkpointer, stop, energy)
-    _log_hyperparameters(log, spec.mllog_name, config, task, trainer)
+    _log_hyperparameters(log, spec, config, task, trainer)
     log.end(constants.INIT_STOP)
 
     distributed.barrier()
@@ -311,7 +311,7 @@ def make_deterministic(training: TrainingConfig) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _log_hyperparameters(log: mllog.MLLogger, benchmark: str, config: Config, task: Task,
+def _log_hyperparameters(log: mllog.MLLogger, spec: BenchmarkSpec, config: Config, task: Task,
                          trainer: Trainer) -> None:
     """The MLPerf hyperparameter keys, once each; the task's own values and spellings win
     (e.g. DeepCAM's rules want ``opt_name`` "AdamW" where ResNet's want "sgd")."""
@@ -334,9 +334,9 @@ def _log_hyperparameters(log: mllog.MLLogger, benchmark: str, config: Config, ta
     keys.update(task.hyperparameters)
     for key, value in keys.items():
         log.event(key, value)
-    closed, recipe_reason = rcp.closed_recipe(benchmark, config)
+    closed, recipe_reason = rcp.closed_recipe(spec.name, config)
     log.division(*mllog.submission_division(
-        benchmark, config.training.target, getattr(config.model, "init_checkpoint", ""), keys,
+        spec.mllog_name, config.training.target, getattr(config.model, "init_checkpoint", ""), keys,
         recipe_reasons=() if closed else (recipe_reason,)))
     log.event(mllog.NUM_PARAMETERS, sum(p.numel() for p in task.model.parameters()))
     log.event(mllog.TARGET, config.training.target, metadata={

@@ -90,7 +90,7 @@ class StagingPlan:
         still fill stay."""
         for _, destination in self.copies:
             destination.unlink(missing_ok=True)
-            destination.with_name(destination.name + ".staging").unlink(missing_ok=True)
+            _partial(destination).unlink(missing_ok=True)
         folders = {destination.parent for _, destination in self.copies}
         for folder in sorted(folders, key=lambda path: len(path.parts), reverse=True):
             while folder != self.stage_dir and folder.is_relative_to(self.stage_dir):
@@ -101,9 +101,15 @@ class StagingPlan:
                 folder = folder.parent
 
 
+def _partial(destination: Path) -> Path:
+    """Where ``destination`` is written before it is renamed into place; named once, as
+    :meth:`StagingPlan.remove` deletes what an interrupted copy left there."""
+    return destination.with_name(destination.name + ".staging")
+
+
 def _copy(pair: tuple[Path, Path]) -> None:
     source, destination = pair
-    partial = destination.with_name(destination.name + ".staging")
+    partial = _partial(destination)
     try:
         shutil.copyfile(source, partial)
         partial.replace(destination)

@@ -71,10 +71,10 @@ def own_cpus(mask: set[int], local_rank: int, ranks: int) -> set[int]:
     return set(ordered[local_rank * size:(local_rank + 1) * size])
 
 
-def bind_torchrun_worker(launcher: str) -> None:
-    """Pin this torchrun worker to its own slice of the task's CPUs (see the module doc)."""
+def bind_torchrun_worker(launcher: str, mask: set[int]) -> None:
+    """Pin this torchrun worker to its own slice of ``mask``, the task's CPUs (see the
+    module doc)."""
     ranks = ranks_in_task(launcher, os.environ)
-    mask = affinity()
     if launcher != "torchrun" or ranks <= 1 or not mask:
         return
     cpus = own_cpus(mask, int(os.environ.get("LOCAL_RANK", "0")), ranks)
@@ -132,8 +132,9 @@ def select_device(device: torch.device, local_rank: int) -> torch.device:
 
 def apply_threads(launcher: str) -> int:
     """Pin a torchrun worker to its cores, size torch's intra-op pool, return the threads."""
-    threads = intra_op_threads(launcher, os.environ, affinity())
-    bind_torchrun_worker(launcher)
+    mask = affinity()  # the task's CPUs, read once: binding narrows them afterwards
+    threads = intra_op_threads(launcher, os.environ, mask)
+    bind_torchrun_worker(launcher, mask)
     torch.set_num_threads(threads)
     return threads
 

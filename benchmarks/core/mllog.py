@@ -28,6 +28,7 @@ from mlperf_logging.compliance_checker import mlp_compliance
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog import mllog as mllog_impl
 
+from benchmarks.core import rcp
 from benchmarks.core.constants import (  # noqa: F401 - re-exported for the loop and runner
     ENERGY,
     ENVIRONMENT,
@@ -59,23 +60,29 @@ class ClosedRules:
     written for (``python -m mlperf_logging.compliance_checker --usage U --ruleset R``).
     """
 
-    usage: str
+    benchmark: str  # the ``submission_benchmark`` value
     ruleset: str
     target: float
     needs_init_checkpoint: bool = False
+
+    @property
+    def usage(self) -> str:
+        """``training`` or ``hpc``: the one :data:`rcp.REFERENCES` gives the benchmark's RCPs,
+        so the two tables cannot disagree."""
+        return rcp.REFERENCES[rcp.project_name(self.benchmark)].usage
 
 
 #: By ``submission_benchmark``: the latest ruleset in mlperf-logging with closed rules for the
 #: benchmark (ResNet has none after training 4.0.0), with the quality target of its
 #: ``closed_<benchmark>.yaml`` and whether the reference starts from a checkpoint. GPT-J has
 #: no MLPerf rules: its runs are always open.
-CLOSED_RULES = {
-    "resnet": ClosedRules("training", "4.0.0", 0.759),
-    "bert": ClosedRules("training", "5.0.0", 0.720, needs_init_checkpoint=True),
-    "cosmoflow": ClosedRules("hpc", "3.0.0", 0.124),
-    "deepcam": ClosedRules("hpc", "3.0.0", 0.82),
-    "openfold": ClosedRules("hpc", "3.0.0", 0.8, needs_init_checkpoint=True),
-}
+CLOSED_RULES = {rules.benchmark: rules for rules in (
+    ClosedRules("resnet", "4.0.0", 0.759),
+    ClosedRules("bert", "5.0.0", 0.720, needs_init_checkpoint=True),
+    ClosedRules("cosmoflow", "3.0.0", 0.124),
+    ClosedRules("deepcam", "3.0.0", 0.82),
+    ClosedRules("openfold", "3.0.0", 0.8, needs_init_checkpoint=True),
+)}
 
 
 @dataclass

@@ -38,12 +38,12 @@ import pandas as pd
 import yaml
 
 from perflogs_parsers.formats import PERFORMANCE_VARIABLES, SETTINGS_COLUMNS
+from perflogs_parsers.regressions import noise_band
 from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of
 
 #: Index of every test's references: ReFrame's ``$partition`` is ``system:partition``.
 INDEX = ('$partition', 'device', 'num_nodes', 'scale')
 _VARIANT = ['test', 'system', 'partition', 'device', 'num_nodes', 'scale']
-_MAD_TO_SIGMA = 1.4826
 _FRACTION_DIGITS = 4
 
 
@@ -123,9 +123,7 @@ def _reference(series: pd.DataFrame, variable: str, settings: Settings) -> Refer
     unit = _unit(series, variable)
     if len(values) == 0:
         return Reference(math.nan, None, None, unit, 0)
-    median = float(np.median(values))
-    spread = _MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
-    half_width = max(settings.mad_k * spread, settings.min_change * abs(median))
+    median, half_width = noise_band(values, settings)
     fraction = _ceil(half_width / abs(median)) if median else math.nan
     better = direction_of(variable, unit, settings.directions)
     lower = None if better == LOWER else -fraction

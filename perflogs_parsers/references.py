@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from perflogs_parsers.formats import PERFORMANCE_VARIABLES, SETTINGS_COLUMNS
+from perflogs_parsers.formats import PERFORMANCE_VARIABLES
 from perflogs_parsers.regressions import noise_band
-from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of
+from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of, history_keys
 
 #: Index of every test's references: ReFrame's ``$partition`` is ``system:partition``.
 INDEX = ('$partition', 'device', 'num_nodes', 'scale')
@@ -107,11 +107,11 @@ def _runs(frame: pd.DataFrame) -> int:
 
 
 def _same_settings_as_latest(runs: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose display name, environ and settings equal those of the latest run."""
-    keys = ['display_name', 'environ', *(c for c in SETTINGS_COLUMNS if c in runs.columns)]
+    """The rows of the latest run's history (display name, environ and settings; system and
+    partition are those of the whole group)."""
     latest = runs.loc[runs['timestamp'].idxmax()]
     keep = np.ones(len(runs), dtype=bool)
-    for key in keys:
+    for key in history_keys(runs.columns):
         column = runs[key]
         keep &= (column.isna() if pd.isna(latest[key]) else column == latest[key]).to_numpy()
     return runs[keep]

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from perflogs_parsers.formats import PERFORMANCE_VARIABLES
+from perflogs_parsers.formats import PERFORMANCE_VARIABLES, variable_sort_key
 from perflogs_parsers.regressions import noise_band
 from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of, history_keys
 
@@ -98,7 +98,8 @@ def build_references(frame: pd.DataFrame, settings: Settings | None = None,
             test_entry = document.setdefault(str(test), {'$index': list(INDEX)})
             levels = test_entry.setdefault(f'{system}:{partition}', {})
             levels = levels.setdefault(str(device), {}).setdefault(int(num_nodes), {})
-            levels[str(scale)] = dict(sorted(references.items(), key=_variable_order))
+            levels[str(scale)] = {name: references[name]
+                                 for name in sorted(references, key=variable_sort_key)}
     return document, notes
 
 
@@ -140,11 +141,6 @@ def _ceil(fraction: float) -> float:
     # Rounded outwards, so the written band is never narrower than the rule's.
     scale = 10 ** _FRACTION_DIGITS
     return math.ceil(fraction * scale) / scale
-
-
-def _variable_order(item: tuple[str, list]) -> tuple[int, str]:
-    order = list(PERFORMANCE_VARIABLES)
-    return (order.index(item[0]) if item[0] in order else len(order), item[0])
 
 
 def render_references(document: dict, *, sources: list[str], settings: Settings,

@@ -46,7 +46,6 @@ _MAD_TO_SIGMA = 1.4826
 STATUSES = ('failed', 'regression', 'out of bounds', 'improvement', 'changed', 'new', 'ok',
             'unmeasured')
 PROBLEMS = frozenset(STATUSES[:3])
-#: Columns of :func:`find_regressions`' table.
 #: Columns of :func:`find_regressions`' table; the settings columns of the frame follow
 #: ``display_name``.
 RESULT_COLUMNS = ['system', 'partition', 'environ', 'test', 'display_name', 'variable', 'unit',

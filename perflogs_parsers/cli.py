@@ -174,7 +174,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     settings = _settings(args)
     frame = _load(args)
     path = write_dashboard(frame, args.output, settings=settings, title=args.title,
-                           sources=sorted(frame['file'].dropna().unique().astype(str)))
+                           sources=_sources(frame))
     print(f'wrote {path}', file=sys.stderr)
     return 0
 
@@ -194,8 +194,7 @@ def run_references(args: argparse.Namespace) -> int:
     if not document:
         raise PerflogError('no variant has enough passed runs for a reference '
                            f'(--min-runs {args.min_runs})')
-    sources = sorted(frame['file'].dropna().unique().astype(str))
-    text = references.render_references(document, sources=sources, settings=settings,
+    text = references.render_references(document, sources=_sources(frame), settings=settings,
                                         min_runs=args.min_runs)
     if args.output:
         references.write_references(text, args.output)
@@ -217,6 +216,11 @@ def _load(args: argparse.Namespace) -> pd.DataFrame:
                          + ' match the --system/--test/--since filters' if len(frame)
                          else 'no measurements in ' + ', '.join(args.paths))
     return selected
+
+
+def _sources(frame: pd.DataFrame) -> list[str]:
+    """The perflog files the measurements came from, sorted, for a report's header."""
+    return sorted(frame['file'].dropna().unique().astype(str))
 
 
 def _report_problems(messages: list[str], kind: str = 'warning') -> None:

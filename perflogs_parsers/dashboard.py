@@ -29,7 +29,7 @@ import plotly.offline
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from perflogs_parsers.formats import ENVIRONMENT_COLUMNS, PERFORMANCE_VARIABLES, SETTINGS_COLUMNS
+from perflogs_parsers.formats import ENVIRONMENT_COLUMNS, SETTINGS_COLUMNS, variable_sort_key
 from perflogs_parsers.regressions import PROBLEMS, find_regressions, settings_label
 from perflogs_parsers.rules import Settings, history_keys, reference_bounds
 
@@ -160,9 +160,8 @@ def _variables(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
     """Variables with at least one value, this project's in their order first, and those
     that never had a value."""
     measured = set(runs.loc[runs['value'].notna(), 'variable'].dropna().astype(str))
-    logged = [str(var) for var in runs['variable'].dropna().unique()]
-    known = [var for var in PERFORMANCE_VARIABLES if var in logged]
-    ordered = known + sorted(var for var in logged if var not in known)
+    ordered = sorted((str(var) for var in runs['variable'].dropna().unique()),
+                     key=variable_sort_key)
     return ([var for var in ordered if var in measured],
             [var for var in ordered if var not in measured])
 

@@ -94,6 +94,13 @@ PERFORMANCE_VARIABLE_TABLE = {
 
 #: Unit of each performance variable, in the order every benchmark class defines them.
 PERFORMANCE_VARIABLES = {var: unit for var, (unit, _) in PERFORMANCE_VARIABLE_TABLE.items()}
+_VARIABLE_RANK = {var: rank for rank, var in enumerate(PERFORMANCE_VARIABLES)}
+
+
+def variable_sort_key(name: str) -> tuple[int, str]:
+    """Sorts this project's performance variables first, in their order, then any others by
+    name, so every table and file lists a benchmark's variables the same way."""
+    return _VARIABLE_RANK.get(name, len(_VARIABLE_RANK)), name
 
 
 def _placeholder(column: str) -> str:

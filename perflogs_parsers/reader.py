@@ -37,7 +37,8 @@ from perflogs_parsers.parsing import Layout, MalformedLine, SkippedFile, parse_f
 __all__ = ['CORE_COLUMNS', 'MalformedLine', 'ReadReport', 'export_frame', 'find_perflog_files',
            'read_perflogs']
 
-EXPORT_SUFFIXES = ('.csv', '.parquet', '.pq')
+_PARQUET_SUFFIXES = ('.parquet', '.pq')
+EXPORT_SUFFIXES = ('.csv', *_PARQUET_SUFFIXES)
 
 
 @dataclass
@@ -109,7 +110,7 @@ def export_frame(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     suffix = Path(path).suffix.lower()
     if suffix == '.csv':
         frame.to_csv(path, index=False)
-    elif suffix in ('.parquet', '.pq'):
+    elif suffix in _PARQUET_SUFFIXES:
         frame.to_parquet(path, index=False)
     else:
         raise PerflogError(f'export file must end in .csv or .parquet: {path}')

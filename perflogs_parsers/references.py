@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from perflogs_parsers.formats import PERFORMANCE_VARIABLES, SETTINGS_COLUMNS
-from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of
+from perflogs_parsers.formats import PERFORMANCE_VARIABLES, variable_sort_key
+from perflogs_parsers.regressions import noise_band
+from perflogs_parsers.rules import HIGHER, LOWER, Settings, direction_of, history_keys
 
 #: Index of every test's references: ReFrame's ``$partition`` is ``system:partition``.
 INDEX = ('$partition', 'device', 'num_nodes', 'scale')
 _VARIANT = ['test', 'system', 'partition', 'device', 'num_nodes', 'scale']
-_MAD_TO_SIGMA = 1.4826
 _FRACTION_DIGITS = 4
 
 
@@ -98,7 +98,8 @@ def build_references(frame: pd.DataFrame, settings: Settings | None = None,
             test_entry = document.setdefault(str(test), {'$index': list(INDEX)})
             levels = test_entry.setdefault(f'{system}:{partition}', {})
             levels = levels.setdefault(str(device), {}).setdefault(int(num_nodes), {})
-            levels[str(scale)] = dict(sorted(references.items(), key=_variable_order))
+            levels[str(scale)] = {name: references[name]
+                                 for name in sorted(references, key=variable_sort_key)}
     return document, notes
 
 
@@ -107,11 +108,11 @@ def _runs(frame: pd.DataFrame) -> int:
 
 
 def _same_settings_as_latest(runs: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose display name, environ and settings equal those of the latest run."""
-    keys = ['display_name', 'environ', *(c for c in SETTINGS_COLUMNS if c in runs.columns)]
+    """The rows of the latest run's history (display name, environ and settings; system and
+    partition are those of the whole group)."""
     latest = runs.loc[runs['timestamp'].idxmax()]
     keep = np.ones(len(runs), dtype=bool)
-    for key in keys:
+    for key in history_keys(runs.columns):
         column = runs[key]
         keep &= (column.isna() if pd.isna(latest[key]) else column == latest[key]).to_numpy()
     return runs[keep]
@@ -123,9 +124,7 @@ def _reference(series: pd.DataFrame, variable: str, settings: Settings) -> Refer
     unit = _unit(series, variable)
     if len(values) == 0:
         return Reference(math.nan, None, None, unit, 0)
-    median = float(np.median(values))
-    spread = _MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
-    half_width = max(settings.mad_k * spread, settings.min_change * abs(median))
+    median, half_width = noise_band(values, settings)
     fraction = _ceil(half_width / abs(median)) if median else math.nan
     better = direction_of(variable, unit, settings.directions)
     lower = None if better == LOWER else -fraction
@@ -142,11 +141,6 @@ def _ceil(fraction: float) -> float:
     # Rounded outwards, so the written band is never narrower than the rule's.
     scale = 10 ** _FRACTION_DIGITS
     return math.ceil(fraction * scale) / scale
-
-
-def _variable_order(item: tuple[str, list]) -> tuple[int, str]:
-    order = list(PERFORMANCE_VARIABLES)
-    return (order.index(item[0]) if item[0] in order else len(order), item[0])
 
 
 def render_references(document: dict, *, sources: list[str], settings: Settings,

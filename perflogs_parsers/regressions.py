@@ -46,7 +46,6 @@ _MAD_TO_SIGMA = 1.4826
 STATUSES = ('failed', 'regression', 'out of bounds', 'improvement', 'changed', 'new', 'ok',
             'unmeasured')
 PROBLEMS = frozenset(STATUSES[:3])
-#: Columns of :func:`find_regressions`' table.
 #: Columns of :func:`find_regressions`' table; the settings columns of the frame follow
 #: ``display_name``.
 RESULT_COLUMNS = ['system', 'partition', 'environ', 'test', 'display_name', 'variable', 'unit',
@@ -138,17 +137,24 @@ class _Environment:
                 f'{len(earlier)} earlier runs)')
 
 
+def noise_band(values: np.ndarray, settings: Settings) -> tuple[float, float]:
+    """The median of ``values`` and the half width of the noise band around it: ``mad_k``
+    robust standard deviations, never narrower than ``min_change`` of the median. The one
+    rule, so the verdicts here and the bands ``references`` writes agree."""
+    median = float(np.median(values))
+    mad = float(np.median(np.abs(values - median)))
+    return median, max(settings.mad_k * _MAD_TO_SIGMA * mad, settings.min_change * abs(median))
+
+
 def _judge(latest: dict, previous: np.ndarray, settings: Settings) -> dict:
     value = float(latest['value'])
     better = direction_of(str(latest['variable']), _text(latest.get('unit')),
                           settings.directions)
     low, high = reference_bounds(*(float(latest.get(name, math.nan))
                                    for name in ('reference', 'lower_thres', 'upper_thres')))
-    baseline = float(np.median(previous)) if len(previous) else math.nan
-    band = math.nan
-    if len(previous) >= settings.min_samples:
-        mad = float(np.median(np.abs(previous - baseline)))
-        band = max(settings.mad_k * _MAD_TO_SIGMA * mad, settings.min_change * abs(baseline))
+    baseline, band = noise_band(previous, settings) if len(previous) else (math.nan, math.nan)
+    if len(previous) < settings.min_samples:
+        band = math.nan  # too few earlier runs to tell noise from a change
     change = (value - baseline) / abs(baseline) if baseline else math.nan
 
     status, why = _verdict(value, better, baseline, band, low, high, len(previous),

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from perflogs_parsers.formats import PERFORMANCE_VARIABLES, perflog_header
+from perflogs_parsers.formats import PERFLOG_LEADING_COLUMNS, PERFORMANCE_VARIABLES, perflog_header
 
 NUM_NODES = (1, 2, 4, 8)
 DEVICES = ('cpu', 'gpu')
@@ -59,12 +59,11 @@ def _variants(test: str) -> list[tuple[int, str, str, str]]:
 def perflog_lines(records: int, *, test: str = 'resnet50_train', system: str = 'cluster',
                   partition: str = 'gpu', seed: int = 0,
                   slowdown_after: int | None = None, slowdown: float = 1.0,
-                  settings: dict[str, str] | None = None,
                   environment: dict[str, str] | None = None,
                   start: datetime = _START) -> Iterator[str]:
     """Header plus ``records`` data lines; from run ``slowdown_after`` on, throughput is
-    divided by ``slowdown`` (to plant a regression). ``settings`` and ``environment``
-    replace values of the settings and environment columns."""
+    divided by ``slowdown`` (to plant a regression). ``environment`` replaces values of the
+    environment columns."""
     rng = random.Random(seed)
     yield perflog_header(list(PERFORMANCE_VARIABLES))
     variants = _variants(test)
@@ -76,7 +75,7 @@ def perflog_lines(records: int, *, test: str = 'resnet50_train', system: str = '
         failed = rng.random() < _FAILURE_RATE
         ranks = num_nodes * RANKS_PER_NODE
         run_settings = {'launcher': 'srun', 'batch_size': '256', 'cpu_rank_unit': 'null',
-                        'num_ranks': str(ranks), 'overrides': '[]', **(settings or {})}
+                        'num_ranks': str(ranks), 'overrides': '[]'}
         leading = {
             'job_completion_time': finished.isoformat(timespec='seconds'), 'system': system,
             'partition': partition, 'environ': 'builtin', 'display_name': display,
@@ -87,15 +86,8 @@ def perflog_lines(records: int, *, test: str = 'resnet50_train', system: str = '
             'version': '4.10.4', **run_settings, **environment,
         }
         slower = slowdown if slowdown_after is not None and run >= slowdown_after else 1.0
-        yield '|'.join([*(leading[name] for name in _LEADING),
+        yield '|'.join([*(leading[name] for name in PERFLOG_LEADING_COLUMNS),
                         *_perf_fields(rng, failed, device, num_nodes, slower)])
-
-
-def _leading_columns() -> tuple[str, ...]:
-    return tuple(perflog_header([]).split('|'))
-
-
-_LEADING = _leading_columns()
 
 
 def _perf_fields(rng: random.Random, failed: bool, device: str, num_nodes: int,

@@ -35,6 +35,29 @@ def reframe(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
+def reframe_executable() -> str:
+    """The ``reframe`` beside this Python (its virtual environment), else the first on PATH:
+    tests with their own site configuration drive the ReFrame of the environment they run in.
+    Unlike :data:`REFRAME`, which prefers PATH."""
+    found = shutil.which('reframe', path=f'{Path(sys.executable).parent}{os.pathsep}'
+                                         f'{os.environ.get("PATH", "")}')
+    assert found, 'the reframe command (reframe-hpc) is not installed'
+    return found
+
+
+def local_system(system: str, partition: str) -> dict:
+    """``systems`` and ``environments`` of a site configuration that runs every test on this
+    machine: one partition with the local scheduler and launcher, the ``builtin`` environment."""
+    return {
+        'systems': [{
+            'name': system, 'descr': 'local test system', 'hostnames': ['.*'],
+            'partitions': [{'name': partition, 'scheduler': 'local', 'launcher': 'local',
+                            'environs': ['builtin']}],
+        }],
+        'environments': [{'name': 'builtin'}],
+    }
+
+
 def run_report(workdir: Path) -> list[dict]:
     """Test cases of the (single) run report ReFrame wrote under ``workdir/reports``."""
     reports = sorted((workdir / 'reports').glob('run-report-*.json'))

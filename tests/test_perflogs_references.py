@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ from perflogs_parsers.formats import PERFLOG_LEADING_COLUMNS, perflog_header
 from perflogs_parsers.reader import read_perflogs
 from perflogs_parsers.references import INDEX, build_references
 from perflogs_parsers.rules import Settings
+from tests.reframe_helpers import local_system, reframe_executable
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CHECK = REPOSITORY / 'tests' / 'reframe_checks' / 'references_check.py'
@@ -119,12 +118,7 @@ CONFIG = '''
 from perflogs_parsers.formats import filelog_handler
 
 site_configuration = {{
-    'systems': [{{
-        'name': '{system}', 'descr': 'local test system', 'hostnames': ['.*'],
-        'partitions': [{{'name': '{partition}', 'scheduler': 'local', 'launcher': 'local',
-                         'environs': ['builtin']}}],
-    }}],
-    'environments': [{{'name': 'builtin'}}],
+    **{local!r},
     'logging': [{{
         'handlers': [{{'type': 'file', 'name': {log!r}, 'level': 'debug', 'append': True}}],
         'handlers_perflog': [filelog_handler({perflogs!r})],
@@ -137,16 +131,13 @@ def run_check(workdir: Path, references: Path, name: str, *options: str) -> dict
     """Run references_check once with RFM_REFERENCE_PREFIX=references; its test case."""
     config = workdir / 'settings.py'
     config.write_text(textwrap.dedent(CONFIG.format(
-        system=SYSTEM, partition=PARTITION, log=str(workdir / 'reframe.log'),
+        local=local_system(SYSTEM, PARTITION), log=str(workdir / 'reframe.log'),
         perflogs=str(workdir / 'perflogs'))))
-    reframe = shutil.which('reframe', path=f'{Path(sys.executable).parent}{os.pathsep}'
-                                           f'{os.environ.get("PATH", "")}')
-    assert reframe, 'the reframe command (reframe-hpc) is not installed'
     env = {key: value for key, value in os.environ.items() if not key.startswith('RFM_')}
     env.update(RFM_REFERENCE_PREFIX=str(references), RFM_COLORIZE='n',
                PYTHONPATH=os.pathsep.join([str(REPOSITORY), env.get('PYTHONPATH', '')]))
     report = workdir / f'{name}.json'
-    subprocess.run([reframe, '-C', str(config), '-c', str(CHECK), '-r', '--prefix',
+    subprocess.run([reframe_executable(), '-C', str(config), '-c', str(CHECK), '-r', '--prefix',
                     str(workdir / 'rfm'), '--report-file', str(report), *options],
                    env=env, cwd=workdir, capture_output=True, text=True, timeout=300)
     cases = json.loads(report.read_text())['runs'][0]['testcases']

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -35,6 +33,7 @@ import pytest
 from perflogs_parsers import cli
 from perflogs_parsers.formats import PERFORMANCE_VARIABLES, perflog_header
 from perflogs_parsers.reader import read_perflogs
+from tests.reframe_helpers import local_system, reframe_executable
 
 SYSTEM, PARTITION = 'tinysys', 'cpus'
 TEST_CLASS = 'tiny_bench'
@@ -159,12 +158,7 @@ if RUN == 1:
 handlers.append(rotated_handler(PERFLOGS + '/rotated'))
 
 site_configuration = {{
-    'systems': [{{
-        'name': '{system}', 'descr': 'local test system', 'hostnames': ['.*'],
-        'partitions': [{{'name': '{partition}', 'scheduler': 'local', 'launcher': 'local',
-                         'environs': ['builtin']}}],
-    }}],
-    'environments': [{{'name': 'builtin'}}],
+    **{local!r},
     'logging': [{{
         'perflog_multiline': RUN == 2,
         'handlers': [{{'type': 'file', 'name': {log!r}, 'level': 'debug2',
@@ -193,13 +187,10 @@ class Receiver(BaseHTTPRequestHandler):
 def run_reframe(workdir: Path, run: int, environment: dict[str, str]) -> None:
     config = workdir / f'settings_run{run}.py'
     config.write_text(CONFIG_SOURCE.format(
-        run=run, perflogs=str(workdir / 'perflogs'), system=SYSTEM, partition=PARTITION,
+        run=run, perflogs=str(workdir / 'perflogs'), local=local_system(SYSTEM, PARTITION),
         log=str(workdir / 'reframe.log')))
-    reframe = shutil.which('reframe', path=f'{Path(sys.executable).parent}{os.pathsep}'
-                                           f'{os.environ.get("PATH", "")}')
-    assert reframe, 'the reframe command (reframe-hpc) is not installed'
     done = subprocess.run(
-        [reframe, '-C', str(config), '-c', str(workdir / 'checks'), '-r',
+        [reframe_executable(), '-C', str(config), '-c', str(workdir / 'checks'), '-r',
          '--prefix', str(workdir / 'rfm'), '--report-file', str(workdir / f'report{run}.json'),
          '-S', f'run_tag={run}', '-S', f'ledger={workdir / "ledger.jsonl"}'],
         cwd=workdir, env=environment, capture_output=True, text=True, timeout=300)

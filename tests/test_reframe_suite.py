@@ -8,7 +8,6 @@ and shared between tests, since each costs seconds (listing) to minutes (trainin
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from benchmarks.core import constants
 from perflogs_parsers.formats import PERFORMANCE_VARIABLES, perflog_header
+from site_config.settings import SLURM_CI_CPUS
 from tests.reframe_helpers import (
     REPO,
     TESTS_DIR,
@@ -34,7 +34,6 @@ FAILING_CHECKS = REPO / 'tests' / 'reframe_checks' / 'failing_resnet50.py'
 EXAMPLE_SITE = REPO / 'site_config' / 'example_site.py'
 
 NODE_COUNTS = (1, 2)
-SLURM_CI_CPUS = max(2, (os.cpu_count() or 2) // 2 * 2)
 
 
 def benchmark_files() -> list[str]:

@@ -139,7 +139,6 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
     gpu_driver = variable(str, type(None), value=None)
 
     valid_prog_environs = ['+pytorch']
-    time_limit = None
     env_vars = {'PYTHONUNBUFFERED': '1'}
     maintainers = MAINTAINERS
 
@@ -220,6 +219,7 @@ class MLBenchSmokeTest(MLBenchTest):
     ``smoke_data = smoke_data_fixture(benchmark)``."""
 
     scale = 'smoke'
+    time_limit = '15m'
 
     def dataset_dir(self) -> str:
         return self.smoke_data.data_dir
@@ -230,6 +230,7 @@ class MLBenchFullTest(MLBenchTest):
     against the MLCommons RCP where one exists for the run's global batch size."""
 
     scale = 'full'
+    time_limit = '12h'
 
     def dataset_dir(self) -> str:
         return hooks.full_scale_dataset(self)

@@ -192,7 +192,6 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
         self.summary = results.summarise_run(hooks.read_output(self, self.job.stdout), stderr)
         self._job_stderr = stderr
         self._perf_values = results.performance_values(self.summary, self.num_ranks)
-        self._perf_values['slurm_energy'] = hooks.slurm_energy(self)
         for column, value in results.environment_columns(self.summary,
                                                          ENVIRONMENT_COLUMNS).items():
             setattr(self, column, value)
@@ -207,6 +206,11 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
         if reason:
             raise SanityError(f'{self.benchmark}: {reason}')
         return True
+
+    @run_before('performance')
+    def read_slurm_energy(self):
+        """sacct (up to 30 s) only for runs that passed sanity: only ``slurm_energy`` reads it."""
+        self._perf_values['slurm_energy'] = hooks.slurm_energy(self)
 
     def _performance_value(self, name: str):
         """The measured value, or ``NOT_MEASURED`` (logged as None; see mlbench_results)."""

@@ -19,6 +19,7 @@ import pytest
 from mlperf_logging.mllog import mllog
 
 from benchmarks.core import constants
+from tests.reframe_helpers import overlapping_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,7 +279,7 @@ def test_overlapping_ranks_on_one_node_are_found() -> None:
                                                           'cpus': '4-7'},
              {'rank': '2/4', 'node': 'n2', 'cpus': '0-3'}, {'rank': '3/4', 'node': 'n2',
                                                           'cpus': '2,8'}]
-    assert base.overlapping_ranks(ranks) == [('2/4', '3/4')]
+    assert overlapping_ranks(ranks) == [('2/4', '3/4')]
 
 
 def test_lost_node_is_named() -> None:

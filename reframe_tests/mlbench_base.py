@@ -139,7 +139,6 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
     gpu_driver = variable(str, type(None), value=None)
 
     valid_prog_environs = ['+pytorch']
-    time_limit = None
     env_vars = {'PYTHONUNBUFFERED': '1'}
     maintainers = MAINTAINERS
 
@@ -193,7 +192,6 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
         self.summary = results.summarise_run(hooks.read_output(self, self.job.stdout), stderr)
         self._job_stderr = stderr
         self._perf_values = results.performance_values(self.summary, self.num_ranks)
-        self._perf_values['slurm_energy'] = hooks.slurm_energy(self)
         for column, value in results.environment_columns(self.summary,
                                                          ENVIRONMENT_COLUMNS).items():
             setattr(self, column, value)
@@ -209,6 +207,11 @@ class MLBenchTest(rfm.RunOnlyRegressionTest):
             raise SanityError(f'{self.benchmark}: {reason}')
         return True
 
+    @run_before('performance')
+    def read_slurm_energy(self):
+        """sacct (up to 30 s) only for runs that passed sanity: only ``slurm_energy`` reads it."""
+        self._perf_values['slurm_energy'] = hooks.slurm_energy(self)
+
     def _performance_value(self, name: str):
         """The measured value, or ``NOT_MEASURED`` (logged as None; see mlbench_results)."""
         value = self._perf_values[name]
@@ -220,6 +223,7 @@ class MLBenchSmokeTest(MLBenchTest):
     ``smoke_data = smoke_data_fixture(benchmark)``."""
 
     scale = 'smoke'
+    time_limit = '15m'
 
     def dataset_dir(self) -> str:
         return self.smoke_data.data_dir
@@ -230,6 +234,7 @@ class MLBenchFullTest(MLBenchTest):
     against the MLCommons RCP where one exists for the run's global batch size."""
 
     scale = 'full'
+    time_limit = '12h'
 
     def dataset_dir(self) -> str:
         return hooks.full_scale_dataset(self)

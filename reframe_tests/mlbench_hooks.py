@@ -18,8 +18,6 @@ import reframe.core.runtime as rt
 
 from benchmarks.core import rcp
 
-#: Job time limit when ``-S time_limit=...`` is not given.
-DEFAULT_TIME_LIMITS = {'smoke': '15m', 'full': '12h'}
 #: Schedulers whose jobs know their node list from ``SLURM_JOB_NODELIST`` (torchrun rendezvous).
 SLURM_SCHEDULERS = ('slurm', 'squeue')
 #: Partition feature that opts a CPU partition in to full-scale runs.
@@ -109,8 +107,6 @@ def assign_tasks(test, ranks: int, gpus: int, cpus_per_node: int) -> None:
     test.num_tasks = test.num_nodes * test.num_tasks_per_node
     if gpus:
         test.num_gpus_per_node = gpus
-    if test.time_limit is None:
-        test.time_limit = DEFAULT_TIME_LIMITS[test.scale]
 
 
 def full_scale_dataset(test) -> str:

@@ -234,25 +234,6 @@ def slurm_step_energy(sacct_output: str) -> float | None:
     return joules if joules > 0 else None
 
 
-def overlapping_ranks(ranks: list[dict[str, str]]) -> list[tuple[str, str]]:
-    """Pairs of ranks on one node whose ``cpus`` lists share a core."""
-    def cpus(text: str) -> set[int]:
-        result: set[int] = set()
-        for part in text.split(','):
-            first, _, last = part.partition('-')
-            if first.isdigit():
-                result.update(range(int(first), int(last or first) + 1))
-        return result
-
-    clashes = []
-    for index, rank in enumerate(ranks):
-        for other in ranks[index + 1:]:
-            if rank.get('node') == other.get('node') and cpus(rank.get('cpus', '')) & cpus(
-                    other.get('cpus', '')):
-                clashes.append((rank['rank'], other['rank']))
-    return clashes
-
-
 def _crash_detail(summary: RunSummary, stderr: str) -> str:
     """The most telling lines of a crash: lost nodes, the runner's error, srun's or torchrun's."""
     details = [f'node {node} failed' for node in NODE_FAILURE.findall(stderr)]

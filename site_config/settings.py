@@ -130,8 +130,18 @@ EXAMPLE_GPU_SYSTEM = {
     ],
 }
 
-# ci/slurm/common.sh: each emulated node has the host's CPUs (an even count), 2 sockets.
-SLURM_CI_CPUS = max(2, (os.cpu_count() or 2) // 2 * 2)
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on, as ``nproc`` counts them (all of them on macOS)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# CPUs per emulated node, worked out as ci/slurm/common.sh does: MLBENCH_SLURM_CPUS, else the
+# CPUs `nproc` counts rounded down to an even count (at least 2); 2 sockets per node.
+SLURM_CI_CPUS = int(os.environ.get('MLBENCH_SLURM_CPUS') or max(2, _usable_cpus() // 2 * 2))
 
 SLURM_CI_SYSTEM = {
     'name': 'slurm-ci',

@@ -6,6 +6,7 @@ Shared by the ReFrame suite tests and the reliability tests that drive ReFrame.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -102,3 +103,20 @@ def load_results_module():
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def cpu_set(text: str) -> set[int]:
+    """``0-2,5`` -> ``{0, 1, 2, 5}``: the CPUs of a rank line's ``cpus`` (none for ``unknown``)."""
+    cpus: set[int] = set()
+    for part in text.split(','):
+        first, _, last = part.partition('-')
+        if first.isdigit():
+            cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def overlapping_ranks(ranks: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """Pairs of ranks on one node whose ``cpus`` lists share a core."""
+    return [(rank['rank'], other['rank']) for rank, other in itertools.combinations(ranks, 2)
+            if rank.get('node') == other.get('node')
+            and cpu_set(rank.get('cpus', '')) & cpu_set(other.get('cpus', ''))]

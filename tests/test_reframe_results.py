@@ -8,7 +8,6 @@ ReFrame, as ``reframe -l`` would.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import subprocess
@@ -19,20 +18,12 @@ import pytest
 from mlperf_logging.mllog import mllog
 
 from benchmarks.core import constants
+from tests.reframe_helpers import load_results_module, overlapping_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_results():
-    spec = importlib.util.spec_from_file_location(
-        'mlbench_results_under_test', REPO / 'reframe_tests' / 'mlbench_results.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-base = _load_results()
+base = load_results_module()
 
 
 class RunLog:
@@ -278,7 +269,7 @@ def test_overlapping_ranks_on_one_node_are_found() -> None:
                                                           'cpus': '4-7'},
              {'rank': '2/4', 'node': 'n2', 'cpus': '0-3'}, {'rank': '3/4', 'node': 'n2',
                                                           'cpus': '2,8'}]
-    assert base.overlapping_ranks(ranks) == [('2/4', '3/4')]
+    assert overlapping_ranks(ranks) == [('2/4', '3/4')]
 
 
 def test_lost_node_is_named() -> None:

@@ -8,7 +8,6 @@ and shared between tests, since each costs seconds (listing) to minutes (trainin
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,24 +16,24 @@ import pytest
 
 from benchmarks.core import constants
 from perflogs_parsers.formats import PERFORMANCE_VARIABLES, perflog_header
+from site_config.settings import SLURM_CI_CPUS
 from tests.reframe_helpers import (
     REPO,
     TESTS_DIR,
+    cpu_set,
     find_case,
     job_script,
-    load_results_module,
+    overlapping_ranks,
     reframe,
     reframe_command,
     run_report,
     slurm_unavailable_reason,
 )
 
-results = load_results_module()
 FAILING_CHECKS = REPO / 'tests' / 'reframe_checks' / 'failing_resnet50.py'
 EXAMPLE_SITE = REPO / 'site_config' / 'example_site.py'
 
 NODE_COUNTS = (1, 2)
-SLURM_CI_CPUS = max(2, (os.cpu_count() or 2) // 2 * 2)
 
 
 def benchmark_files() -> list[str]:
@@ -266,22 +265,14 @@ def test_slurm_smoke_gives_every_rank_its_own_cores(slurm_run: tuple[Path, list[
     assert sorted({rank['node'] for rank in ranks}) == nodes
     for node in nodes:
         assert sum(rank['node'] == node for rank in ranks) == 2
-    assert results.overlapping_ranks(ranks) == [], ranks
+    assert overlapping_ranks(ranks) == [], ranks
     expected_threads = SLURM_CI_CPUS // 2
     assert {rank['threads'] for rank in ranks} == {str(expected_threads)}, ranks
-    assert all(len(rank_cpus(rank['cpus'])) == expected_threads for rank in ranks), ranks
+    assert all(len(cpu_set(rank['cpus'])) == expected_threads for rank in ranks), ranks
     perf = {key.rsplit(':', 1)[1]: values for key, values in case['perfvalues'].items()}
     assert list(perf) == list(PERFORMANCE_VARIABLES)
     assert perf['time_to_target'][0] > 0 and perf['throughput'][0] > 0
     assert perf['time_to_target'][1] > 0 and perf['time_to_target'][3] == 3.0  # reference used
-
-
-def rank_cpus(text: str) -> set[int]:
-    cpus: set[int] = set()
-    for part in text.split(','):
-        first, _, last = part.partition('-')
-        cpus.update(range(int(first), int(last or first) + 1))
-    return cpus
 
 
 @pytest.mark.slurm

@@ -14,7 +14,6 @@ job (srun tasks included, Slurm exports the environment) carries it in ``/proc/P
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, quiet_env
-from tests.reframe_helpers import slurm_unavailable_reason
+from tests.reframe_helpers import load_results_module, slurm_unavailable_reason
 
 #: The issue's bound: a job with a dead rank must end within this many seconds.
 DEADLINE_S = 60
@@ -35,16 +34,6 @@ DEADLINE_S = 60
 START_TIMEOUT_S = 300
 TOKEN_VARIABLE = "MLBENCH_RELIABILITY_JOB"
 RANK_VARIABLE = {"torchrun": "RANK", "srun": "SLURM_PROCID"}
-
-
-def _load_reframe_base():
-    """The ReFrame layer's sanity helpers (a plain file there: ReFrame loads it by path)."""
-    spec = importlib.util.spec_from_file_location(
-        "mlbench_results_for_dead_rank", REPO / "reframe_tests" / "mlbench_results.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -175,7 +164,7 @@ def kill_a_rank(scenario: Scenario, data: Path, tmp_path: Path) -> tuple[float, 
 
 def assert_job_ended_with_reason(scenario: Scenario, data: Path, tmp_path: Path) -> None:
     elapsed, exit_code, stdout, stderr = kill_a_rank(scenario, data, tmp_path)
-    base = _load_reframe_base()
+    base = load_results_module()
     summary = base.summarise_run(stdout, stderr)
     reason = base.failure_reason(summary, stderr, exit_code=exit_code)
     print(f"dead rank {scenario.id}: job ended {elapsed:.1f} s after SIGKILL, exit {exit_code}; "

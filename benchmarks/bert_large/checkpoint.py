@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.core.checkpoint import load_tensor_file
+from benchmarks.core.checkpoint import load_state_dict_file
 from benchmarks.core.errors import InputError, one_line
 from benchmarks.core.protobuf import fields, masked_crc32c, read_varint
 
@@ -305,18 +305,10 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A converted PyTorch checkpoint: a state dict, optionally under ``"model"`` (NVIDIA),
     with ``module.`` prefixes removed and NVIDIA's fused-activation ``dense_act`` layers named
     as ``transformers`` names them (``dense``)."""
-    saved = load_tensor_file(path, "initial checkpoint")
-    if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
-        saved = saved["model"]
-    if not isinstance(saved, Mapping) or not saved:
-        raise InputError(f"{path}: checkpoint is not a state dict")
-    tensors = {}
-    for name, value in saved.items():
-        if not isinstance(value, torch.Tensor):
-            raise InputError(f"{path}: entry '{name}' is not a tensor")
-        name = name.removeprefix("module.").replace(".dense_act.", ".dense.")
-        tensors[name] = value
-    return tensors
+    saved = load_state_dict_file(path, "initial checkpoint", [("model",)],
+                                 "checkpoint is not a state dict")
+    return {name.removeprefix("module.").replace(".dense_act.", ".dense."): value
+            for name, value in saved.items()}
 
 
 def checkpoint_files(path: str | Path) -> list[Path]:

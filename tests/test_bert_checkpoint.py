@@ -22,13 +22,13 @@ from benchmarks.bert_large.checkpoint import (
     TABLE_MAGIC,
     checkpoint_files,
     load_init_checkpoint,
-    masked_crc32c,
     read_checkpoint,
 )
 from benchmarks.bert_large.data import synthesize
 from benchmarks.bert_large.model import BertMaskedLM, BertModelConfig, hf_config
 from benchmarks.core.errors import InputError
 from benchmarks.core.mllog import sha256sum
+from benchmarks.core.protobuf import encode_varint, masked_crc32c
 from tests.conftest import run_mlbench
 
 # A vocabulary of 42 is padded to 48 by NVIDIA's converter, as 30522 is to 30528.
@@ -110,28 +110,18 @@ def expected_destination(tf_name: str) -> tuple[str, bool]:
 
 # --- a TensorFlow checkpoint writer (LevelDB table + BundleEntryProto), for the tests ----------
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+    return encode_varint(number << 3) + encode_varint(value)
 
 
 def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
 def bundle_entry(dtype: int, shape: tuple[int, ...], offset: int, size: int, crc: int) -> bytes:
     shape_proto = b"".join(_field_bytes(2, _field_varint(1, dim)) for dim in shape)
     return (_field_varint(1, dtype) + _field_bytes(2, shape_proto) + _field_varint(4, offset)
-            + _field_varint(5, size) + _varint(6 << 3 | 5) + struct.pack("<I", crc))
+            + _field_varint(5, size) + encode_varint(6 << 3 | 5) + struct.pack("<I", crc))
 
 
 def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 3) -> bytes:
@@ -143,7 +133,7 @@ def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 3) -> byt
                 shared += 1
         else:
             restarts.append(len(out))
-        out += _varint(shared) + _varint(len(key) - shared) + _varint(len(value))
+        out += encode_varint(shared) + encode_varint(len(key) - shared) + encode_varint(len(value))
         out += key[shared:] + value
         previous = key
     for restart in restarts:
@@ -152,7 +142,7 @@ def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 3) -> byt
 
 
 def _handle(offset: int, size: int) -> bytes:
-    return _varint(offset) + _varint(size)
+    return encode_varint(offset) + encode_varint(size)
 
 
 def write_table(path: Path, items: list[tuple[bytes, bytes]], block_size: int = 200) -> None:

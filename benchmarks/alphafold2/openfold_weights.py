@@ -30,8 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.core.checkpoint import load_tensor_file
-from benchmarks.core.errors import InputError
+from benchmarks.core.checkpoint import load_state_dict_file
 
 FIELDS = {
     "i": r"\d+",
@@ -217,18 +216,10 @@ def read_openfold_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
     checkpoint (``["ema"]["params"]``), or the model weights of an MLPerf reference resumable
     checkpoint (``["alphafold_state_dict"]``, e.g. ``mlperf_hpc_openfold_resumable_checkpoint
     .pt``); an InputError naming the file otherwise."""
-    saved = load_tensor_file(path, "initial checkpoint")
-    if isinstance(saved, Mapping) and isinstance(saved.get(MLPERF_STATE_KEY), Mapping):
-        saved = saved[MLPERF_STATE_KEY]
-    elif isinstance(saved, Mapping) and isinstance(saved.get("ema"), Mapping):
-        saved = saved["ema"].get("params")
-    if not isinstance(saved, Mapping) or not saved:
-        raise InputError(f"{path}: expected a state dict of tensors (or a training checkpoint "
-                         f"with ['{MLPERF_STATE_KEY}'] or ['ema']['params'])")
-    for name, value in saved.items():
-        if not isinstance(value, torch.Tensor):
-            raise InputError(f"{path}: entry '{name}' is not a tensor")
-    return saved
+    return load_state_dict_file(
+        path, "initial checkpoint", [(MLPERF_STATE_KEY,), ("ema", "params")],
+        "expected a state dict of tensors (or a training checkpoint with "
+        f"['{MLPERF_STATE_KEY}'] or ['ema']['params'])")
 
 
 def load_openfold_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

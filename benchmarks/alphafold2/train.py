@@ -196,7 +196,8 @@ def build_task(context: GlobalContext) -> Task:
         eval_samples=len(eval_set),
         after_step=model.update_ema,
         hyperparameters=closed_rule_keys(config, model, checkpoint_sha256),
-        samples_per_epoch=config.training.steps_per_epoch * data.global_batch_size,
+        # Sample counts need a fixed epoch length; a one-pass epoch (0) logs its index.
+        epoch_num_counts_samples=bool(config.training.steps_per_epoch),
     )
 
 

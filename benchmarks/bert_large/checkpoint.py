@@ -14,7 +14,8 @@ each block ends with a compression byte and a masked CRC32C. The key ``""`` hold
 ``BundleHeaderProto``, every other key is a variable name whose value is a
 ``BundleEntryProto`` (dtype, shape, shard, offset, size, masked CRC32C of the bytes). The
 tensors are raw little-endian arrays in the shards. Both are parsed here with the standard
-library, numpy and ``crc32c``, as ``benchmarks/cosmoflow/tfrecord.py`` parses TFRecords.
+library and numpy, with the protobuf reader and masked CRC32C of ``benchmarks/core/protobuf.py``
+that ``benchmarks/cosmoflow/tfrecord.py`` reads TFRecords with.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import crc32c
 import numpy as np
 import torch
 
-from benchmarks.core.checkpoint import load_tensor_file
+from benchmarks.core.checkpoint import load_state_dict_file
 from benchmarks.core.errors import InputError, one_line
+from benchmarks.core.protobuf import fields, masked_crc32c, read_varint
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
@@ -39,7 +40,6 @@ NO_COMPRESSION = 0
 #: TensorFlow ``DataType`` enum values and their numpy types (checkpoints hold little-endian).
 TF_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
              9: np.int64, 10: np.bool_, 19: np.float16}
-_MASK_DELTA = 0xA282EAD8
 
 #: Name components of optimizer state and bookkeeping variables in BERT checkpoints: the
 #: reference optimizers' slots ``<var>/adam_m``, ``<var>/adam_v``, the step counter, and the
@@ -108,48 +108,7 @@ def is_optimizer_state(tf_name: str) -> bool:
     return not OPTIMIZER_STATE.isdisjoint(tf_name.split("/"))
 
 
-def masked_crc32c(data: bytes | memoryview) -> int:
-    """LevelDB/TensorFlow masked CRC32C: rotate right by 15 bits, add a constant."""
-    crc = crc32c.crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
-
-
-# --- LevelDB table and protobuf decoding -------------------------------------------------------
-
-def _varint(buf: memoryview, pos: int, where: str) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError(f"truncated varint in {where}")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _proto_fields(buf: memoryview, where: str) -> Iterator[tuple[int, int | memoryview]]:
-    """(field number, value) of a protobuf message: ints for varint/fixed, views for bytes."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos, where)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos, where)
-        elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
-        elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
-        elif wire == 2:
-            length, pos = _varint(buf, pos, where)
-            value, pos = buf[pos:pos + length], pos + length
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire} in {where}")
-        if pos > len(buf):
-            raise ValueError(f"truncated protobuf field {number} in {where}")
-        yield number, value
-
+# --- LevelDB table decoding -------------------------------------------------------------------
 
 def _block(data: memoryview, offset: int, size: int, where: str) -> memoryview:
     """The contents of the table block at ``offset``, its trailer's CRC checked."""
@@ -177,9 +136,9 @@ def _block_entries(block: memoryview, where: str) -> Iterator[tuple[bytes, memor
         raise ValueError(f"{where} block has a corrupt restart array")
     pos, key = 0, b""
     while pos < end:
-        shared, pos = _varint(block, pos, where)
-        unshared, pos = _varint(block, pos, where)
-        value_length, pos = _varint(block, pos, where)
+        shared, pos = read_varint(block, pos, where)
+        unshared, pos = read_varint(block, pos, where)
+        value_length, pos = read_varint(block, pos, where)
         if shared > len(key) or pos + unshared + value_length > end:
             raise ValueError(f"{where} block has a corrupt entry at byte {pos}")
         key = key[:shared] + bytes(block[pos:pos + unshared])
@@ -189,8 +148,8 @@ def _block_entries(block: memoryview, where: str) -> Iterator[tuple[bytes, memor
 
 
 def _block_handle(buf: memoryview, pos: int, where: str) -> tuple[int, int, int]:
-    offset, pos = _varint(buf, pos, where)
-    size, pos = _varint(buf, pos, where)
+    offset, pos = read_varint(buf, pos, where)
+    size, pos = read_varint(buf, pos, where)
     return offset, size, pos
 
 
@@ -227,32 +186,32 @@ class BundleEntry:
 
 def _shape(buf: memoryview, where: str) -> tuple[int, ...]:
     dims = []
-    for number, value in _proto_fields(buf, where):
+    for number, _, value in fields(buf, where):
         if number == 2:  # TensorShapeProto.dim
-            dims.append(next((size for n, size in _proto_fields(value, where) if n == 1), 0))
+            dims.append(next((size for n, _, size in fields(value, where) if n == 1), 0))
         elif number == 3 and value:
             raise ValueError(f"{where} has a shape of unknown rank")
     return tuple(dims)
 
 
 def _entry(name: str, value: memoryview) -> BundleEntry:
-    fields = {"dtype": 0, "shape": (), "shard_id": 0, "offset": 0, "size": 0, "crc32c": 0,
+    values = {"dtype": 0, "shape": (), "shard_id": 0, "offset": 0, "size": 0, "crc32c": 0,
               "sliced": False}
     names = {1: "dtype", 3: "shard_id", 4: "offset", 5: "size", 6: "crc32c"}
-    for number, field in _proto_fields(value, f"entry '{name}'"):
+    for number, _, field in fields(value, f"entry '{name}'"):
         if number == 2:
-            fields["shape"] = _shape(field, f"entry '{name}'")
+            values["shape"] = _shape(field, f"entry '{name}'")
         elif number == 7:
-            fields["sliced"] = True
+            values["sliced"] = True
         elif number in names:
-            fields[names[number]] = field
-    return BundleEntry(name=name, **fields)
+            values[names[number]] = field
+    return BundleEntry(name=name, **values)
 
 
 def _header(value: memoryview) -> tuple[int, int]:
     """(num_shards, endianness) of the ``BundleHeaderProto`` (LITTLE = 0)."""
-    fields = dict(_proto_fields(value, "bundle header"))
-    return int(fields.get(1, 1)), int(fields.get(2, 0))
+    header = {number: field for number, _, field in fields(value, "bundle header")}
+    return int(header.get(1, 1)), int(header.get(2, 0))
 
 
 def tf_checkpoint_prefix(path: str | Path) -> Path | None:
@@ -346,18 +305,10 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A converted PyTorch checkpoint: a state dict, optionally under ``"model"`` (NVIDIA),
     with ``module.`` prefixes removed and NVIDIA's fused-activation ``dense_act`` layers named
     as ``transformers`` names them (``dense``)."""
-    saved = load_tensor_file(path, "initial checkpoint")
-    if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
-        saved = saved["model"]
-    if not isinstance(saved, Mapping) or not saved:
-        raise InputError(f"{path}: checkpoint is not a state dict")
-    tensors = {}
-    for name, value in saved.items():
-        if not isinstance(value, torch.Tensor):
-            raise InputError(f"{path}: entry '{name}' is not a tensor")
-        name = name.removeprefix("module.").replace(".dense_act.", ".dense.")
-        tensors[name] = value
-    return tensors
+    saved = load_state_dict_file(path, "initial checkpoint", [("model",)],
+                                 "checkpoint is not a state dict")
+    return {name.removeprefix("module.").replace(".dense_act.", ".dense."): value
+            for name, value in saved.items()}
 
 
 def checkpoint_files(path: str | Path) -> list[Path]:

@@ -87,7 +87,7 @@ def build_task(context: GlobalContext) -> Task:
         hyperparameters=hyperparameters,
         steps_per_epoch=steps,
         fsdp_units=lambda wrapped: wrapped.transformer_blocks(),
-        samples_per_epoch=steps * data.global_batch_size,
+        epoch_num_counts_samples=True,
     )
 
 

@@ -25,6 +25,7 @@ import random
 import re
 import shutil
 import signal
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,27 @@ def load_tensor_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise InputError(f"{path}: unreadable {what} (UnpicklingError)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise InputError(f"{path}: unreadable {what} ({type(err).__name__})") from None
+
+
+def load_state_dict_file(path: str | Path, what: str, wrappers: Sequence[Sequence[str]],
+                         not_a_state_dict: str) -> Mapping[str, torch.Tensor]:
+    """A state dict saved with ``torch.save`` (see :func:`load_tensor_file`), taken from under
+    the first of the ``wrappers`` key paths whose first key holds a mapping (as training
+    checkpoints wrap their weights), and checked to be a non-empty mapping of tensors, so a
+    wrong file is an InputError naming it (``not_a_state_dict`` says what was expected) rather
+    than a failure while copying weights."""
+    saved = load_tensor_file(path, what)
+    for keys in wrappers:
+        if isinstance(saved, Mapping) and isinstance(saved.get(keys[0]), Mapping):
+            for key in keys:
+                saved = saved.get(key) if isinstance(saved, Mapping) else None
+            break
+    if not isinstance(saved, Mapping) or not saved:
+        raise InputError(f"{path}: {not_a_state_dict}")
+    for name, value in saved.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"{path}: entry '{name}' is not a tensor")
+    return saved
 
 
 def _load(path: Path) -> dict[str, Any]:

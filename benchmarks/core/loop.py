@@ -56,8 +56,9 @@ class Task:
       after it is moved to the device (e.g. decoding or normalising on the GPU).
     - ``fsdp_units(model)``: the submodules to shard first under ``distributed.strategy:
       fsdp`` (transformer blocks); the root is sharded last.
-    - ``samples_per_epoch``: where set, the evaluation events' ``epoch_num`` counts training
-      samples (epoch x samples_per_epoch), as the BERT and OpenFold rules count them.
+    - ``epoch_num_counts_samples``: the evaluation events' ``epoch_num`` counts training
+      samples (epoch x steps per epoch x ``data.global_batch_size``), as the BERT and OpenFold
+      rules count them.
     - ``staging``: copies the dataset to ``data.stage_dir`` after ``run_start`` (MLPerf HPC
       counts staging in the time to train).
     """
@@ -74,7 +75,7 @@ class Task:
     after_step: Callable[[], None] | None = None
     device_transform: Callable[[Any], Any] | None = None
     fsdp_units: Callable[[nn.Module], list[nn.Module]] | None = None
-    samples_per_epoch: int = 0
+    epoch_num_counts_samples: bool = False
     staging: StagingPlan | None = None
 
 
@@ -177,7 +178,8 @@ class Trainer:
                 self.log.end(constants.BLOCK_STOP,
                              metadata={"first_epoch_num": self.block_first_epoch})
                 self.block_first_epoch = epoch + 1
-                epoch_num = epoch * (self.task.samples_per_epoch or 1)
+                epoch_num = epoch * (self.steps * self.cfg.data.global_batch_size
+                                     if self.task.epoch_num_counts_samples else 1)
                 self.log.start(constants.EVAL_START, metadata={"epoch_num": epoch_num})
                 self.last_metric = self.evaluate()
                 self.log.event(self.task.metric.mllog_key, self.last_metric,

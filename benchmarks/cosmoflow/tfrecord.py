@@ -6,10 +6,10 @@ A TFRecord file (optionally one gzip stream as a whole) is a sequence of records
     bytes  data[length]           | uint32 masked CRC32C of the data
 
 Both checksums are verified; a mismatch or a truncated record is an ``InputError`` naming the
-file and the record. ``tf.train.Example`` is decoded with a small protobuf wire-format reader
-that understands exactly the messages involved (Example -> Features -> map<string, Feature>
--> BytesList / FloatList / Int64List); the writer emits the same encoding TensorFlow does
-(packed floats and int64s).
+file and the record. ``tf.train.Example`` is decoded with the small protobuf wire-format reader
+of ``benchmarks/core/protobuf.py`` (shared with BERT's checkpoint reader), applied to exactly
+the messages involved (Example -> Features -> map<string, Feature> -> BytesList / FloatList /
+Int64List); the writer emits the same encoding TensorFlow does (packed floats and int64s).
 
 Gzip streams are inflated with ISA-L (the ``isal`` package) where it is installed: 2-2.5x
 zlib's speed on CosmoFlow's 16 MiB records (``bench/hdf5_loaders.py``), the same bytes out;
@@ -23,10 +23,10 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-import crc32c
 import numpy as np
 
 from benchmarks.core.errors import InputError
+from benchmarks.core.protobuf import LEN, encode_varint, fields, masked_crc32c, read_varint
 
 try:
     from isal import isal_zlib as inflater
@@ -35,21 +35,11 @@ except ImportError:  # no ISA-L wheel for this platform
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_WBITS = 16 + zlib.MAX_WBITS
-_MASK_DELTA = 0xA282EAD8
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 
-# Wire types of the protobuf encoding.
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
-
 Feature = list[memoryview] | np.ndarray
 """A decoded feature: the values of a bytes_list, or a float32 / int64 array."""
-
-
-def masked_crc(data: bytes | memoryview) -> int:
-    """TFRecord's masked CRC32C: rotate right by 15 bits, add a constant."""
-    crc = crc32c.crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 def read_file_bytes(path: Path) -> bytes:
@@ -91,14 +81,14 @@ def iter_records(path: Path) -> Iterator[memoryview]:
         length_bytes = stream[offset:offset + _LENGTH.size]
         (length,) = _LENGTH.unpack(length_bytes)
         (length_crc,) = _CRC.unpack(stream[offset + _LENGTH.size:header_end])
-        if masked_crc(length_bytes) != length_crc:
+        if masked_crc32c(length_bytes) != length_crc:
             raise InputError(f"{path}: record {index} has a bad length CRC")
         data_end = header_end + length
         if data_end + _CRC.size > len(stream):
             raise InputError(f"{path}: record {index} truncated ({length} data bytes expected)")
         data = stream[header_end:data_end]
         (data_crc,) = _CRC.unpack(stream[data_end:data_end + _CRC.size])
-        if masked_crc(data) != data_crc:
+        if masked_crc32c(data) != data_crc:
             raise InputError(f"{path}: record {index} has a bad data CRC")
         yield data
         offset = data_end + _CRC.size
@@ -117,71 +107,29 @@ def write_records(path: Path, records: Iterable[bytes | memoryview], compress: b
         for record in records:
             data = memoryview(record).cast("B")
             length = _LENGTH.pack(len(data))
-            for chunk in (length, _CRC.pack(masked_crc(length)), data,
-                          _CRC.pack(masked_crc(data))):
+            for chunk in (length, _CRC.pack(masked_crc32c(length)), data,
+                          _CRC.pack(masked_crc32c(data))):
                 handle.write(gzip_stream.compress(chunk) if compress else chunk)
         if compress:
             handle.write(gzip_stream.flush())
 
 
-# --- protobuf wire format ---------------------------------------------------------------------
-
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("varint runs past the end of the message")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
-    """(field number, wire type, value) of each field; LEN values are memoryview slices."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == _VARINT:
-            value, pos = _read_varint(buf, pos)
-        elif wire_type == _FIXED64:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
-        elif wire_type == _FIXED32:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
-        elif wire_type == _LEN:
-            length, pos = _read_varint(buf, pos)
-            value = buf[pos:pos + length]
-            if len(value) != length:
-                raise ValueError("length-delimited field runs past the end of the message")
-            pos += length
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-        if pos > len(buf):
-            raise ValueError("field runs past the end of the message")
-        yield number, wire_type, value
-
-
 def _decode_feature(buf: memoryview) -> Feature:
-    for kind, _, payload in _fields(buf):
-        values = list(_fields(payload)) if isinstance(payload, memoryview) else []
+    for kind, _, payload in fields(buf):
+        values = list(fields(payload)) if isinstance(payload, memoryview) else []
         if kind == 1:  # BytesList: repeated bytes, kept as zero-copy views of the record
             return [v for _, _, v in values]
         if kind == 2:  # FloatList: packed (LEN) or one fixed32 per value
-            parts = [np.frombuffer(v, dtype="<f4") if wire == _LEN
+            parts = [np.frombuffer(v, dtype="<f4") if wire == LEN
                      else np.array([v], dtype="<u4").view("<f4") for _, wire, v in values]
             return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
         if kind == 3:  # Int64List: packed varints (LEN) or one varint per value
             ints: list[int] = []
             for _, wire, v in values:
-                if wire == _LEN:
+                if wire == LEN:
                     pos = 0
                     while pos < len(v):
-                        item, pos = _read_varint(v, pos)
+                        item, pos = read_varint(v, pos)
                         ints.append(item)
                 else:
                     ints.append(v)
@@ -198,14 +146,14 @@ def parse_example(record: bytes | memoryview) -> dict[str, Feature]:
     """
     features: dict[str, Feature] = {}
     try:
-        for number, _, features_msg in _fields(memoryview(record)):
+        for number, _, features_msg in fields(memoryview(record)):
             if number != 1 or not isinstance(features_msg, memoryview):
                 continue
-            for entry_number, _, entry in _fields(features_msg):
+            for entry_number, _, entry in fields(features_msg):
                 if entry_number != 1 or not isinstance(entry, memoryview):
                     continue
                 key, value = "", memoryview(b"")
-                for part, _, payload in _fields(entry):
+                for part, _, payload in fields(entry):
                     if part == 1 and isinstance(payload, memoryview):
                         key = bytes(payload).decode()
                     elif part == 2 and isinstance(payload, memoryview):
@@ -216,22 +164,10 @@ def parse_example(record: bytes | memoryview) -> dict[str, Feature]:
     return features
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _len_field(number: int, parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
     """A length-delimited field around ``parts``, kept as a list so payloads are not copied."""
     length = sum(len(memoryview(part).cast("B")) for part in parts)
-    return [_varint(number << 3 | _LEN) + _varint(length), *parts]
+    return [encode_varint(number << 3 | LEN) + encode_varint(length), *parts]
 
 
 def encode_example(features: Mapping[str, bytes | memoryview | np.ndarray]) -> bytes:
@@ -246,7 +182,7 @@ def encode_example(features: Mapping[str, bytes | memoryview | np.ndarray]) -> b
             feature = _len_field(2, _len_field(1, [packed]))
         else:
             ints = np.asarray(value, dtype=np.int64).ravel()
-            packed = b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in ints)
+            packed = b"".join(encode_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in ints)
             feature = _len_field(3, _len_field(1, [packed]))
         entries += _len_field(1, _len_field(1, [key.encode()]) + _len_field(2, feature))
     return b"".join(_len_field(1, entries))

@@ -184,9 +184,8 @@ def split_files(cfg: DeepCAMDataConfig, split: str) -> list[Path]:
 
 def build_datasets(cfg: DeepCAMDataConfig) -> tuple[DeepCAMDataset, DeepCAMDataset]:
     """Training and validation datasets; reads one sample of each now so that a wrong layout
-    fails before training starts."""
+    fails before training starts (``stats.h5`` is checked by :func:`build_transform`)."""
     input_shape(cfg)
-    read_stats(stats_path(cfg))
     datasets = tuple(
         DeepCAMDataset(split_files(cfg, split), cfg.crop_height, cfg.crop_width, cfg.downsample)
         for split in ("train", "eval"))

@@ -28,6 +28,7 @@ from benchmarks.deepcam.data import (
     DeepCAMDataConfig,
     build_datasets,
     build_transform,
+    input_shape,
     synthesize,
 )
 from benchmarks.deepcam.model import DeepLabV3Plus, ModelConfig
@@ -94,6 +95,9 @@ def build_task(context: GlobalContext) -> Task:
     if config.model.sync_batchnorm and env.is_distributed and device.type != "cuda":
         raise ConfigError("config key 'model.sync_batchnorm': SyncBatchNorm needs GPUs; "
                           "set it to false for a multi-process CPU run")
+    # Errors in the order a run meets them: configuration, stats.h5 (read once, here), samples.
+    input_shape(data)
+    transform = build_transform(data, config.training.channels_last)
     train_set, eval_set = build_datasets(data)
     train_samples, eval_samples = len(train_set), len(eval_set)
     staging = plan_staging(data, train_set, eval_set, env)
@@ -112,7 +116,7 @@ def build_task(context: GlobalContext) -> Task:
         eval_samples=eval_samples,
         hyperparameters=mlperf_hyperparameters(config, env.world_size,
                                                steps_per_epoch(train_loader, config)),
-        device_transform=build_transform(data, config.training.channels_last),
+        device_transform=transform,
         staging=staging,
     )
 

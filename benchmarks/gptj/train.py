@@ -73,7 +73,7 @@ def build_task(context: GlobalContext) -> Task:
         eval_samples=eval_set.num_sequences,
         hyperparameters=mlperf_adam_keys(config, tokenizer.get_vocab_size()),
         fsdp_units=lambda wrapped: wrapped.transformer_blocks(),
-        samples_per_epoch=training.steps_per_epoch * data.global_batch_size,
+        epoch_num_counts_samples=True,
     )
 
 

@@ -140,8 +140,9 @@ _OTHER_FRAMES = set(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def device_decodable(data: torch.Tensor) -> bool:
-    """Whether ``data`` is a baseline gray or YCbCr JPEG (read from its frame header)."""
-    raw = data.numpy().tobytes()
+    """Whether ``data`` is a baseline gray or YCbCr JPEG, read from its frame header through a
+    view of the tensor (a copy of the whole file per sample would be wasted)."""
+    raw = memoryview(data.numpy())
     if raw[:2] != b"\xff\xd8":
         return False
     position = 2
